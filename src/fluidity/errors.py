@@ -1,0 +1,105 @@
+"""The one exception tree of Fluidity.
+
+Foreign exceptions (``OSError``, ``ssl.SSLError``, ``h2.exceptions.*``,
+``h11.ProtocolError``, ``yaml.YAMLError``) are translated into these at the
+I/O boundary and nowhere else::
+
+    FluidityError
+    ├── ConfigError            a config file or value is wrong (exit status 2)
+    ├── CertificateError       the private CA tool cannot do what was asked
+    ├── TunnelError            the agent-server connection failed
+    │   ├── TunnelUnavailable  no tunnel could be had in time
+    │   ├── HandshakeError     TLS handshake failed or was refused
+    │   │   └── AuthenticationError  the server refused our client certificate
+    │   └── TunnelClosed       the connection ended (GOAWAY, EOF, reset, ping timeout)
+    ├── StreamError            one proxied stream failed; the tunnel lives on
+    │   └── StreamRefused      the server answered the CONNECT with an error status
+    ├── TargetError            the server could not reach a target (has a status)
+    │   ├── PolicyRefused      the target policy refused it (403)
+    │   ├── ResolveError       the name did not resolve (502)
+    │   ├── DialRefused        the target refused or reset the connection (502)
+    │   ├── DialTimeout        the connect timed out (504)
+    │   └── CircuitOpen        the target's circuit breaker is open (503)
+    └── ProxyProtocolError     a local client sent something we cannot proxy (has a status)
+"""
+
+from __future__ import annotations
+
+
+class FluidityError(Exception):
+    """Root of every error Fluidity raises on purpose."""
+
+
+class ConfigError(FluidityError):
+    """A configuration file or value is wrong; the message names the key and the fix."""
+
+
+class CertificateError(FluidityError):
+    """The private-CA tool cannot do what was asked (no CA yet, file exists, bad name...)."""
+
+
+class TunnelError(FluidityError):
+    """The agent-server connection failed."""
+
+
+class TunnelUnavailable(TunnelError):
+    """No tunnel connection could be had within the wait allowed."""
+
+
+class HandshakeError(TunnelError):
+    """The TLS handshake failed, timed out, or was refused."""
+
+
+class AuthenticationError(HandshakeError):
+    """The server refused our client certificate."""
+
+
+class TunnelClosed(TunnelError):
+    """The tunnel connection ended: GOAWAY, end of stream, reset or ping timeout."""
+
+
+class StreamError(FluidityError):
+    """One proxied stream failed; the tunnel itself lives on."""
+
+
+class StreamRefused(StreamError):
+    """The server answered a CONNECT with an error status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class TargetError(FluidityError):
+    """The server could not reach a target; ``status`` is what the stream is answered."""
+
+    status = 502
+
+
+class PolicyRefused(TargetError):
+    status = 403
+
+
+class ResolveError(TargetError):
+    status = 502
+
+
+class DialRefused(TargetError):
+    status = 502
+
+
+class DialTimeout(TargetError):
+    status = 504
+
+
+class CircuitOpen(TargetError):
+    status = 503
+
+
+class ProxyProtocolError(FluidityError):
+    """A local client sent something the agent cannot proxy; ``status`` is the answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
