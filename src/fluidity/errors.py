@@ -20,7 +20,8 @@ I/O boundary and nowhere else::
     │   ├── DialRefused        the target refused or reset the connection (502)
     │   ├── DialTimeout        the connect timed out (504)
     │   └── CircuitOpen        the target's circuit breaker is open (503)
-    └── ProxyProtocolError     a local client sent something we cannot proxy (has a status)
+    ├── ProxyProtocolError     a local client sent something we cannot proxy (has a status)
+    └── LifecycleError         the AWS control plane (wake/query/sleep/kill) failed
 """
 
 from __future__ import annotations
@@ -103,3 +104,8 @@ class ProxyProtocolError(FluidityError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class LifecycleError(FluidityError):
+    """The AWS lifecycle control plane failed: an AWS API call or a function URL answered
+    an error; the message names the call and the likely fix (credentials, IAM, names)."""
