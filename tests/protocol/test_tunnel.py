@@ -1,0 +1,197 @@
+"""The tunnel protocol between two in-memory peers: no sockets, no event loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from fluidity.errors import StreamError, TunnelClosed
+from fluidity.protocol.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingAcknowledged,
+    SendBufferDrained,
+    StreamAccepted,
+    StreamEnded,
+    StreamRejected,
+    StreamRequested,
+    StreamReset,
+    TunnelEvent,
+)
+from fluidity.protocol.tunnel import HIGH_WATER, STREAM_WINDOW, Side, TunnelProtocol
+
+
+class Pair:
+    """An agent and a server joined by an in-memory wire."""
+
+    def __init__(self) -> None:
+        self.agent = TunnelProtocol(Side.AGENT)
+        self.server = TunnelProtocol(Side.SERVER)
+        self.agent.initiate()
+        self.server.initiate()
+        self.xfer()
+
+    def xfer(self) -> tuple[list[TunnelEvent], list[TunnelEvent]]:
+        """Move bytes both ways until both are quiet; return (agent, server) events."""
+        at_agent: list[TunnelEvent] = []
+        at_server: list[TunnelEvent] = []
+        for _ in range(1000):
+            to_server = self.agent.data_to_send()
+            to_agent = self.server.data_to_send()
+            if not to_server and not to_agent:
+                return at_agent, at_server
+            if to_server:
+                at_server += self.server.receive_data(to_server)
+            if to_agent:
+                at_agent += self.agent.receive_data(to_agent)
+        raise AssertionError("peers never went quiet")
+
+    def open(self, authority: str = "example.com:443") -> int:
+        stream_id = self.agent.open_stream(authority)
+        _, at_server = self.xfer()
+        assert at_server == [StreamRequested(stream_id, authority)]
+        self.server.accept_stream(stream_id)
+        at_agent, _ = self.xfer()
+        assert at_agent == [StreamAccepted(stream_id)]
+        return stream_id
+
+
+def received(events: list[TunnelEvent]) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, DataReceived))
+
+
+def test_connect_is_requested_and_accepted() -> None:
+    pair = Pair()
+    assert pair.open("example.com:443") == 1
+
+
+def test_rejection_carries_status_and_reason() -> None:
+    pair = Pair()
+    stream_id = pair.agent.open_stream("10.0.0.1:80")
+    pair.xfer()
+    pair.server.reject_stream(stream_id, 403, "10.0.0.1 is private")
+    at_agent, _ = pair.xfer()
+    assert at_agent == [StreamRejected(stream_id, 403, "10.0.0.1 is private")]
+
+
+def test_bytes_flow_both_ways_and_half_close_passes_through() -> None:
+    pair = Pair()
+    sid = pair.open()
+    pair.agent.send(sid, b"ping")
+    pair.agent.end_stream(sid)
+    _, at_server = pair.xfer()
+    assert at_server == [DataReceived(sid, b"ping"), StreamEnded(sid)]
+    pair.server.send(sid, b"pong")
+    pair.server.end_stream(sid)
+    at_agent, _ = pair.xfer()
+    assert at_agent == [DataReceived(sid, b"pong"), StreamEnded(sid)]
+    assert pair.agent.open_streams == 0
+    assert pair.server.open_streams == 0
+
+
+def test_an_unacknowledged_stream_stops_at_one_window() -> None:
+    pair = Pair()
+    sid = pair.open()
+    pair.agent.send(sid, b"x" * (3 * STREAM_WINDOW))
+    _, at_server = pair.xfer()
+    assert len(received(at_server)) == STREAM_WINDOW
+    assert pair.agent.pending(sid) == 2 * STREAM_WINDOW
+
+
+def test_acknowledging_reopens_the_window_and_drains_the_source() -> None:
+    pair = Pair()
+    sid = pair.open()
+    may_continue = pair.agent.send(sid, b"x" * (2 * STREAM_WINDOW))
+    assert may_continue is False  # above the high-water mark
+    total = 0
+    drained = False
+    for _ in range(100):
+        at_agent, at_server = pair.xfer()
+        drained = drained or SendBufferDrained(sid) in at_agent
+        got = len(received(at_server))
+        if not got:
+            break
+        total += got
+        pair.server.acknowledge(sid, got)
+    assert total == 2 * STREAM_WINDOW
+    assert drained
+
+
+def test_a_slow_stream_does_not_block_the_others() -> None:
+    pair = Pair()
+    slow = pair.open("slow.example:443")
+    fast = pair.open("fast.example:443")
+    pair.agent.send(slow, b"s" * STREAM_WINDOW)  # never acknowledged
+    pair.xfer()
+    pair.agent.send(fast, b"f" * 1000)
+    _, at_server = pair.xfer()
+    assert at_server == [DataReceived(fast, b"f" * 1000)]
+
+
+def test_send_returns_false_above_high_water() -> None:
+    pair = Pair()
+    sid = pair.open()
+    assert pair.agent.send(sid, b"x" * (HIGH_WATER // 2)) is True
+    assert pair.agent.send(sid, b"x" * (STREAM_WINDOW + HIGH_WATER)) is False
+
+
+def test_paused_output_holds_data_but_not_pings() -> None:
+    pair = Pair()
+    sid = pair.open()
+    pair.agent.pause_output()
+    pair.agent.send(sid, b"held")
+    payload = pair.agent.ping()
+    at_agent, at_server = pair.xfer()
+    assert received(at_server) == b""
+    assert PingAcknowledged(payload) in at_agent
+    pair.agent.resume_output()
+    _, at_server = pair.xfer()
+    assert received(at_server) == b"held"
+
+
+def test_reset_reaches_the_peer() -> None:
+    pair = Pair()
+    sid = pair.open()
+    pair.agent.reset_stream(sid)
+    _, at_server = pair.xfer()
+    assert [type(e) for e in at_server] == [StreamReset]
+    with pytest.raises(StreamError):
+        pair.agent.send(sid, b"late")
+
+
+def test_draining_server_refuses_new_streams_but_keeps_open_ones() -> None:
+    pair = Pair()
+    sid = pair.open()
+    pair.server.refuse_new_streams()
+    late = pair.agent.open_stream("late.example:443")
+    at_agent, _ = pair.xfer()
+    assert at_agent == [StreamReset(late, 7)]  # REFUSED_STREAM
+    pair.agent.send(sid, b"still flowing")
+    _, at_server = pair.xfer()
+    assert received(at_server) == b"still flowing"
+
+
+def test_goaway_is_reported() -> None:
+    pair = Pair()
+    pair.server.close(reason="bye")
+    at_agent, _ = pair.xfer()
+    assert at_agent == [ConnectionTerminated(0, 0, "bye")]
+    assert not pair.agent.is_open
+
+
+def test_only_connect_is_served() -> None:
+    pair = Pair()
+    pair.agent._h2.send_headers(  # a plain GET, as a stray HTTP/2 client would send
+        1,
+        [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b":authority", b"x")],
+        end_stream=True,
+    )
+    at_agent, at_server = pair.xfer()
+    assert at_server == []
+    assert at_agent == []  # not a stream the agent opened: nothing to report
+
+
+def test_garbage_from_the_peer_is_a_closed_tunnel() -> None:
+    server = TunnelProtocol(Side.SERVER)
+    server.initiate()
+    with pytest.raises(TunnelClosed):
+        server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
