@@ -1,0 +1,399 @@
+"""The asyncio driver of one tunnel connection, and the streams it carries.
+
+``TunnelConnection`` is the ``asyncio.Protocol`` of the TLS transport between
+agent and server. It is the one place that reads the connection: every chunk
+goes into the sans-I/O ``TunnelProtocol``, the events that come out are
+dispatched to the streams, and what the protocol has to send is written back.
+There are no tasks per stream and no awaits per chunk: streams are driven by
+callbacks, like transports and protocols.
+
+A ``TunnelStream`` looks like a transport to whoever holds it (``write``,
+``write_eof``, ``abort``) and reports to a ``StreamHandler`` the way a
+transport reports to its protocol. Backpressure runs both ways:
+
+* ``write`` returns False when the stream's send queue is full; the handler
+  hears ``stream_drained`` when it may write again.
+* ``acknowledge`` hands flow-control window back to the peer; a handler that
+  cannot pass bytes on (its own transport is paused) acknowledges later, and
+  the peer stops after one window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from h2.errors import ErrorCodes
+
+from fluidity.errors import StreamError, StreamRefused, TunnelClosed
+from fluidity.protocol.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingAcknowledged,
+    SendBufferDrained,
+    StreamAccepted,
+    StreamEnded,
+    StreamRejected,
+    StreamRequested,
+    StreamReset,
+)
+from fluidity.protocol.tunnel import Side, TunnelProtocol
+
+log = logging.getLogger(__name__)
+
+
+class StreamHandler(Protocol):
+    """Receives what happens on one tunnel stream."""
+
+    def stream_data(self, data: bytes) -> None:
+        """Bytes from the peer; call ``stream.acknowledge(len(data))`` once passed on."""
+
+    def stream_ended(self) -> None:
+        """The peer will send nothing more (half-close)."""
+
+    def stream_reset(self, reason: str) -> None:
+        """The stream is gone (reset, or the tunnel died); no more calls follow."""
+
+    def stream_drained(self) -> None:
+        """The send queue has room again after ``write`` returned False."""
+
+
+class TunnelStream:
+    """One CONNECT stream, used like a transport."""
+
+    __slots__ = ("_conn", "handler", "stream_id")
+
+    def __init__(self, conn: TunnelConnection, stream_id: int, handler: StreamHandler) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        self.handler = handler
+
+    def write(self, data: bytes) -> bool:
+        """Queue bytes; False means pause the source until ``stream_drained``."""
+        return self._conn._send(self.stream_id, data)
+
+    def write_eof(self) -> None:
+        """Half-close after the queued bytes."""
+        self._conn._end(self.stream_id)
+
+    def acknowledge(self, size: int) -> None:
+        """``size`` received bytes have been passed on: let the peer send more."""
+        self._conn._acknowledge(self.stream_id, size)
+
+    def abort(self) -> None:
+        """Reset the stream; the handler hears nothing more."""
+        self._conn._reset(self.stream_id)
+
+
+class _PendingOpen:
+    """An agent's CONNECT awaiting the server's answer."""
+
+    __slots__ = ("future", "handler")
+
+    def __init__(self, future: asyncio.Future[None], handler: StreamHandler) -> None:
+        self.future = future
+        self.handler = handler
+
+
+StreamRequestCallback = Callable[["TunnelConnection", int, str], None]
+
+
+class TunnelConnection(asyncio.Protocol):
+    """Drives one tunnel connection (agent or server side) over a TLS transport."""
+
+    def __init__(
+        self,
+        side: Side,
+        *,
+        keepalive_interval: float = 15.0,
+        keepalive_timeout: float = 10.0,
+        max_streams: int = 1000,
+        on_stream_request: StreamRequestCallback | None = None,
+        peer_name: str = "peer",
+    ) -> None:
+        self.side = side
+        self.peer_name = peer_name
+        self._core = TunnelProtocol(side, max_streams=max_streams)
+        self._transport: asyncio.Transport | None = None
+        self._streams: dict[int, StreamHandler] = {}
+        self._opening: dict[int, _PendingOpen] = {}
+        self._on_stream_request = on_stream_request
+        self._keepalive_interval = keepalive_interval
+        self._keepalive_timeout = keepalive_timeout
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_deadline: asyncio.TimerHandle | None = None
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[str] = self._loop.create_future()
+        self.last_activity = time.time()
+        self._last_received = self._loop.time()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.goaway_received = False
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        set_tcp_keepalive(transport)
+        self._core.initiate()
+        self._flush()
+        self._schedule_ping()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_received = self._loop.time()
+        try:
+            events = self._core.receive_data(data)
+        except TunnelClosed as exc:
+            self._flush()
+            self.close_now(str(exc))
+            return
+        for event in events:
+            self._dispatch(event)
+        self._flush()
+
+    def eof_received(self) -> bool:
+        self._fail_all(f"{self.peer_name} closed the connection")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"connection to {self.peer_name} lost: {exc}" if exc else "connection closed"
+        self._cancel_timers()
+        self._fail_all(reason)
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+    def pause_writing(self) -> None:
+        self._core.pause_output()
+
+    def resume_writing(self) -> None:
+        for event in self._core.resume_output():
+            self._dispatch(event)
+        self._flush()
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def is_usable(self) -> bool:
+        """True while new streams may be opened on this connection."""
+        return (
+            self._transport is not None
+            and not self._transport.is_closing()
+            and not self.goaway_received
+            and self._core.is_open
+        )
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._streams) + len(self._opening)
+
+    async def open_stream(self, authority: str, handler: StreamHandler) -> TunnelStream:
+        """Agent: CONNECT to ``authority`` through the server; raise on refusal.
+
+        Raises ``StreamRefused`` (the server's status and reason), ``StreamError``
+        or ``TunnelClosed``. Cancelling the wait resets the stream.
+        """
+        if not self.is_usable:
+            raise TunnelClosed("the tunnel connection is closing")
+        stream_id = self._core.open_stream(authority)
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._opening[stream_id] = _PendingOpen(future, handler)
+        self._flush()
+        try:
+            await future
+        except BaseException:
+            if self._opening.pop(stream_id, None) is not None:
+                self._reset(stream_id)
+            raise
+        return TunnelStream(self, stream_id, handler)
+
+    def accept(self, stream_id: int, handler: StreamHandler) -> TunnelStream:
+        """Server: the target is connected; answer 200 and start carrying bytes."""
+        self._core.accept_stream(stream_id)
+        self._streams[stream_id] = handler
+        self._schedule_flush()
+        return TunnelStream(self, stream_id, handler)
+
+    def reject(self, stream_id: int, status: int, reason: str) -> None:
+        """Server: answer the CONNECT with an error status and reason."""
+        self._core.reject_stream(stream_id, status, reason)
+        self._schedule_flush()
+
+    def refuse_new_streams(self) -> None:
+        """Begin a drain: new CONNECTs are refused, open streams carry on."""
+        self._core.refuse_new_streams()
+
+    def close(self, reason: str = "") -> None:
+        """GOAWAY, then close the transport once written."""
+        self._core.close(reason=reason)
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+
+    def close_now(self, reason: str) -> None:
+        """Drop the connection at once; every stream fails with ``reason``."""
+        self._fail_all(reason)
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- stream plumbing (called by TunnelStream) ---------------------------
+
+    def _send(self, stream_id: int, data: bytes) -> bool:
+        self.bytes_out += len(data)
+        try:
+            ok = self._core.send(stream_id, data)
+        except StreamError:
+            return True  # stream already gone: the handler hears stream_reset
+        self._schedule_flush()
+        return ok
+
+    def _end(self, stream_id: int) -> None:
+        self._core.end_stream(stream_id)
+        self._schedule_flush()
+
+    def _acknowledge(self, stream_id: int, size: int) -> None:
+        self._core.acknowledge(stream_id, size)
+        self._schedule_flush()
+
+    def _reset(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+        self._core.reset_stream(stream_id)
+        self._schedule_flush()
+
+    # -- internals ----------------------------------------------------------
+
+    def _dispatch(self, event: object) -> None:
+        match event:
+            case DataReceived(stream_id, data):
+                self.bytes_in += len(data)
+                handler = self._streams.get(stream_id)
+                if handler is not None:
+                    handler.stream_data(data)
+            case SendBufferDrained(stream_id):
+                handler = self._streams.get(stream_id)
+                if handler is not None:
+                    handler.stream_drained()
+            case StreamEnded(stream_id):
+                handler = self._streams.get(stream_id)
+                if handler is not None:
+                    handler.stream_ended()
+            case StreamAccepted(stream_id):
+                self._settle_open(stream_id, None)
+            case StreamRejected(stream_id, status, reason):
+                self._settle_open(stream_id, StreamRefused(status, reason))
+            case StreamReset(stream_id, code):
+                self._on_reset(stream_id, code)
+            case StreamRequested(stream_id, authority):
+                self.last_activity = time.time()
+                if self._on_stream_request is None:
+                    self.reject(stream_id, 405, "this side does not accept streams")
+                else:
+                    self._on_stream_request(self, stream_id, authority)
+            case PingAcknowledged():
+                self._on_ping_ack()
+            case ConnectionTerminated(code, _, reason):
+                self.goaway_received = True
+                log.debug("%s sent GOAWAY (code %d): %s", self.peer_name, code, reason)
+                if self.active_streams == 0 and self._transport is not None:
+                    self._transport.close()
+
+    def _settle_open(self, stream_id: int, error: Exception | None) -> None:
+        pending = self._opening.pop(stream_id, None)
+        if pending is None:
+            return
+        if pending.future.done():  # the opener gave up already
+            self._reset(stream_id)
+            return
+        self.last_activity = time.time()
+        if error is None:
+            self._streams[stream_id] = pending.handler
+            pending.future.set_result(None)
+        else:
+            pending.future.set_exception(error)
+
+    def _on_reset(self, stream_id: int, code: int) -> None:
+        pending = self._opening.pop(stream_id, None)
+        if pending is not None and not pending.future.done():
+            why = "refused: the server is draining" if code == ErrorCodes.REFUSED_STREAM else ""
+            pending.future.set_exception(StreamError(f"stream reset by server {why}".strip()))
+        handler = self._streams.pop(stream_id, None)
+        if handler is not None:
+            handler.stream_reset(f"stream reset by {self.peer_name} (code {code})")
+
+    def _fail_all(self, reason: str) -> None:
+        opening, self._opening = self._opening, {}
+        for pending in opening.values():
+            if not pending.future.done():
+                pending.future.set_exception(TunnelClosed(reason))
+        streams, self._streams = self._streams, {}
+        for handler in streams.values():
+            handler.stream_reset(reason)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self._core.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    # -- keepalive ----------------------------------------------------------
+
+    def _schedule_ping(self) -> None:
+        if self._keepalive_interval > 0:
+            self._ping_timer = self._loop.call_later(self._keepalive_interval, self._on_ping_timer)
+
+    def _on_ping_timer(self) -> None:
+        idle = self._loop.time() - self._last_received
+        if idle < self._keepalive_interval:
+            self._ping_timer = self._loop.call_later(
+                self._keepalive_interval - idle, self._on_ping_timer
+            )
+            return
+        self._core.ping()
+        self._flush()
+        self._ping_deadline = self._loop.call_later(self._keepalive_timeout, self._on_ping_lost)
+
+    def _on_ping_ack(self) -> None:
+        if self._ping_deadline is not None:
+            self._ping_deadline.cancel()
+            self._ping_deadline = None
+            self._schedule_ping()
+
+    def _on_ping_lost(self) -> None:
+        self._ping_deadline = None
+        log.warning(
+            "no answer to keepalive PING from %s within %.1f s: the connection is dead",
+            self.peer_name,
+            self._keepalive_timeout,
+        )
+        self.close_now(f"keepalive timeout: {self.peer_name} did not answer a PING")
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._ping_timer, self._ping_deadline):
+            if timer is not None:
+                timer.cancel()
+
+
+def set_tcp_keepalive(transport: asyncio.BaseTransport, idle: int = 30) -> None:
+    """TCP keepalive and no Nagle delay on the transport's socket, where supported."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except OSError:
+        pass  # not a TCP socket (tests over socketpair): nothing to tune

@@ -1,0 +1,119 @@
+"""The two TLS 1.3 contexts: the agent's (client) and the server's.
+
+Both refuse anything below TLS 1.3, both present a certificate from the
+private CA and verify the peer's against it, and both speak ALPN ``h2``.
+There is no switch to turn verification off.
+
+Certificate material comes as paths or as inline PEM (from environment
+variables in containers). ``ssl`` loads chains and CRLs only from files, so
+inline PEM is written to a private temporary file for the moment of loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from fluidity.certs import check_private_key_file
+from fluidity.errors import CertificateError, ConfigError
+
+ALPN = "h2"
+
+
+class PemSource(Protocol):
+    """A certificate, key, CA or CRL: a file, or PEM text held in memory."""
+
+    @property
+    def path(self) -> Path | None: ...
+
+    def read_bytes(self) -> bytes: ...
+
+
+Source = Path | PemSource
+
+
+def server_context(ca: Source, cert: Source, key: Source, crl: Source | None = None) -> ssl.SSLContext:
+    """TLS 1.3 server context that requires a client certificate issued by ``ca``.
+
+    With ``crl``, revoked client certificates are refused at the handshake.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    _load_chain(context, cert, key)
+    _load_verify(context, ca, "tls.ca")
+    if crl is not None:
+        # Python applies a CRL only when it is loaded from a file as "cafile".
+        _load_verify(context, crl, "tls.crl")
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return context
+
+
+def agent_context(ca: Source, cert: Source, key: Source) -> ssl.SSLContext:
+    """TLS 1.3 client context that presents our certificate and verifies the server's name."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(context)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    _load_chain(context, cert, key)
+    _load_verify(context, ca, "tls.ca")
+    return context
+
+
+def describe(source: Source) -> str:
+    """How to name the source in a message: its path, or 'inline PEM'."""
+    path = source if isinstance(source, Path) else source.path
+    return str(path) if path is not None else "inline PEM"
+
+
+def _harden(context: ssl.SSLContext) -> None:
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.set_alpn_protocols([ALPN])
+    context.options |= ssl.OP_NO_COMPRESSION
+
+
+def _load_chain(context: ssl.SSLContext, cert: Source, key: Source) -> None:
+    key_path = key if isinstance(key, Path) else key.path
+    if key_path is not None:
+        check_private_key_file(key_path)
+    with _as_file(cert) as cert_file, _as_file(key) as key_file:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"tls: file not found: {exc.filename}") from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise CertificateError(
+                f"cannot load certificate {describe(cert)} with key {describe(key)}: {exc}; "
+                "check that both are PEM and that the key belongs to the certificate"
+            ) from exc
+
+
+def _load_verify(context: ssl.SSLContext, source: Source, key: str) -> None:
+    with _as_file(source) as path:
+        try:
+            context.load_verify_locations(cafile=path)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{key}: file not found: {path}") from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise CertificateError(f"{key}: cannot load {describe(source)}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _as_file(source: Source) -> Iterator[str]:
+    """A path ``ssl`` can load: the source's own file, or a private temporary copy."""
+    path = source if isinstance(source, Path) else source.path
+    if path is not None:
+        yield str(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="fluidity-") as directory:
+        target = os.path.join(directory, "material.pem")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(source.read_bytes())
+        yield target
