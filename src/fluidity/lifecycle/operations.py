@@ -1,0 +1,105 @@
+"""The four control-plane operations over injected gateways: wake, query, sleep, kill.
+
+The gateways are small :class:`typing.Protocol` interfaces; :mod:`fluidity.lifecycle.aws`
+implements them with boto3, tests may implement them with anything. Each operation
+reads the service once, decides with :mod:`fluidity.lifecycle.decisions`, and acts
+at most once, so a retried invocation (Lambda retries, a user pressing twice) is
+harmless: every operation is idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from fluidity.lifecycle.decisions import (
+    ServerStatus,
+    ServiceView,
+    SleepDecision,
+    Status,
+    decide_sleep,
+    server_status,
+)
+
+
+class ServiceGateway(Protocol):
+    """The ECS service of one server: read its state, change its desired count."""
+
+    def describe(self) -> ServiceView:
+        """The desired count and the service's tasks that are meant to be running."""
+        ...
+
+    def set_desired_count(self, count: int) -> None:
+        """Ask ECS to run ``count`` tasks."""
+        ...
+
+
+class ActivityGateway(Protocol):
+    """Where the servers' ``LastActivityEpochSeconds`` metric is read from."""
+
+    def last_activity(self, *, now: float, lookback_seconds: float) -> float | None:
+        """The newest reported activity (epoch seconds) within the look-back, or ``None``."""
+        ...
+
+
+@dataclass(frozen=True)
+class SleepOutcome:
+    """What ``sleep`` decided and the status after acting on it."""
+
+    decision: SleepDecision
+    status: ServerStatus
+
+
+def query(service: ServiceGateway, fixed_address: str | None = None) -> ServerStatus:
+    """The server's status and, when ready, its address."""
+    return server_status(service.describe(), fixed_address)
+
+
+def wake(service: ServiceGateway, fixed_address: str | None = None) -> ServerStatus:
+    """Make sure at least one task is wanted; never lowers a scaled-out count.
+
+    Returns the status seen *after* the change, usually ``starting``.
+    """
+    view = service.describe()
+    if view.desired_count >= 1:
+        return server_status(view, fixed_address)
+    service.set_desired_count(1)
+    return server_status(ServiceView(1, view.tasks), fixed_address)
+
+
+def kill(service: ServiceGateway) -> ServerStatus:
+    """Scale to zero now, whatever the activity; running tasks get SIGTERM and drain."""
+    if service.describe().desired_count != 0:
+        service.set_desired_count(0)
+    return ServerStatus(Status.STOPPED)
+
+
+def sleep(
+    service: ServiceGateway,
+    activity: ActivityGateway,
+    *,
+    now: float,
+    idle_seconds: float,
+    fixed_address: str | None = None,
+) -> SleepOutcome:
+    """Scale to zero if the servers reported no activity for ``idle_seconds``.
+
+    The metric is looked up over three idle periods (at least an hour) so that a
+    server which stopped publishing long ago still reads as idle, not as unknown.
+    """
+    view = service.describe()
+    starts = [t.started_at for t in view.tasks if t.serving and t.started_at is not None]
+    last = None
+    if view.desired_count > 0 and starts:
+        last = activity.last_activity(now=now, lookback_seconds=max(3 * idle_seconds, 3600.0))
+    decision = decide_sleep(
+        now=now,
+        desired_count=view.desired_count,
+        task_starts=starts,
+        last_activity=last,
+        idle_seconds=idle_seconds,
+    )
+    if decision.scales_down:
+        service.set_desired_count(0)
+        return SleepOutcome(decision, ServerStatus(Status.STOPPED))
+    return SleepOutcome(decision, server_status(view, fixed_address))
