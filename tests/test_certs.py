@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fluidity import certs
@@ -524,6 +524,16 @@ def test_a_ca_key_that_does_not_match_the_ca_certificate_is_refused(
 
     with pytest.raises(CertificateError, match="does not match"):
         certs.issue_client(ca_dir, "alice")
+
+
+def test_a_ca_key_that_is_not_ecdsa_is_refused(ca_dir: Path) -> None:
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (ca_dir / "ca.key").write_bytes(pem)
+
+    with pytest.raises(CertificateError, match="is not an ECDSA key"):
+        certs.issue_server(ca_dir, "server")
 
 
 @posix_only

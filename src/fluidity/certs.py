@@ -51,6 +51,7 @@ CRL_VALIDITY = dt.timedelta(days=30)
 # Certificates start a little in the past so a peer whose clock runs behind
 # ours does not reject a certificate issued a second ago as "not yet valid".
 _BACKDATE = dt.timedelta(minutes=5)
+_PEM = serialization.Encoding.PEM
 _RESERVED_NAMES = frozenset({"ca", "crl"})
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DNS_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -125,7 +126,7 @@ def init_ca(
     )
     cert = builder.sign(key, hashes.SHA256())
     _write_key(files.key, key)
-    _write_file(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_file(files.cert, cert.public_bytes(_PEM), 0o644)
     (directory / CRL_FILE).unlink(missing_ok=True)
     return files
 
@@ -292,7 +293,7 @@ def _issue_leaf(
     )
     cert = builder.sign(ca.key, hashes.SHA256())
     _write_key(files.key, key)
-    _write_file(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_file(files.cert, cert.public_bytes(_PEM), 0o644)
     return files
 
 
@@ -374,8 +375,6 @@ def _crl_number(crl: x509.CertificateRevocationList | None) -> int:
 
 # --- reading -----------------------------------------------------------------
 
-_PEM = serialization.Encoding.PEM
-
 
 def _load_ca(directory: Path) -> _CA:
     cert_path, key_path = directory / CA_CERT_FILE, directory / CA_KEY_FILE
@@ -392,7 +391,11 @@ def _load_ca(directory: Path) -> _CA:
             f"cannot read the CA key {key_path} ({exc}): it must be an unencrypted PEM key "
             "readable by you"
         ) from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(
+            f"the CA key {key_path} is not an ECDSA key: use a CA made by `fluidity certs init`"
+        )
+    if key.public_key() != cert.public_key():
         raise CertificateError(
             f"the CA key {key_path} does not match {cert_path}: restore the right pair, "
             f"or start over with `fluidity certs init --dir {directory} --force`"
