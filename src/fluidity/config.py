@@ -1,0 +1,344 @@
+"""Typed, frozen, validated configuration of the agent and the server.
+
+``load_agent_config`` / ``load_server_config`` read ``agent.yaml`` /
+``server.yaml``, then ``FLUIDITY_AGENT__*`` / ``FLUIDITY_SERVER__*`` environment
+variables, then command-line overrides, and return frozen dataclasses; anything
+wrong is one ``ConfigError`` line naming the file, the key and the fix. Defaults
+live here, in the dataclass fields, and nowhere else; the generic walking is in
+``fluidity.configload``. The user reference is ``docs/configuration.md``.
+
+Configs can also be built in code, with keyword arguments::
+
+    AgentConfig(server=Address("127.0.0.1", 8443),
+                tls=AgentTLS(ca=FileOrPem.from_path(ca), cert=..., key=...))
+
+To add a section, write a frozen dataclass (fields with defaults, rules in
+``field(metadata=...)``) and add it as a field of ``AgentConfig`` or
+``ServerConfig``; its keys, environment variables and errors come for free.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from fluidity.configload import Section, load_config
+from fluidity.errors import ConfigError
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+_PORT = {"min": 1, "max": 65535}
+
+
+# -- value types ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Address:
+    """A TCP endpoint. Text form ``host:port``, or ``[v6addr]:port`` for IPv6."""
+
+    host: str
+    port: int
+    config_expected: ClassVar[str] = "host:port (IPv6 as [addr]:port)"
+
+    def __post_init__(self) -> None:
+        if not self.host or any(c.isspace() for c in self.host):
+            raise ConfigError(f"address host {self.host!r} is empty or has spaces")
+        # Port 0 asks the system for a free port (listeners in tests and quickstart).
+        if isinstance(self.port, bool) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be from 0 to 65535, got {self.port!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """Parse ``host:port`` or ``[v6addr]:port``; raise ``ConfigError`` if malformed."""
+        bad = ConfigError(f"expected {cls.config_expected}, got {text!r}")
+        if text.startswith("["):
+            host, bracket, port = text[1:].partition("]:")
+            if not bracket or not _is_ipv6(host):
+                raise bad
+        else:
+            host, colon, port = text.rpartition(":")
+            if not colon or ":" in host:
+                raise bad
+        if not (port.isascii() and port.isdigit()):
+            raise bad
+        return cls(host, int(port))
+
+    @classmethod
+    def from_config(cls, value: object, *, key: str, base_dir: Path) -> Address:
+        """The loader's hook (see ``fluidity.configload.ConfigValue``)."""
+        if not isinstance(value, str):
+            hint = "; quote IPv6 addresses in YAML" if isinstance(value, list) else ""
+            raise ConfigError(f"expected {cls.config_expected}, got {value!r}{hint}")
+        return cls.parse(value)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+_PEM_BEGIN = "-----BEGIN"
+
+
+@dataclass(frozen=True)
+class FileOrPem:
+    """A certificate, key or CRL: a file path, or PEM text given inline.
+
+    Exactly one of ``path`` and ``pem`` is set. ``pem`` never shows in ``repr``
+    (it may be a private key); ``source`` names the key it came from.
+    """
+
+    path: Path | None = None
+    pem: bytes | None = field(default=None, repr=False)
+    source: str = field(default="code", compare=False)
+    config_expected: ClassVar[str] = "a file path or inline PEM text (-----BEGIN ...)"
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.pem is None):
+            raise ConfigError("FileOrPem needs exactly one of path and pem")
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str]) -> FileOrPem:
+        """A file, read when ``read_bytes`` is called."""
+        return cls(path=Path(path))
+
+    @classmethod
+    def from_pem(cls, pem: str | bytes, *, source: str = "code") -> FileOrPem:
+        """Inline PEM text; ``source`` (a key path) appears in ``describe``."""
+        return cls(pem=pem.encode() if isinstance(pem, str) else pem, source=source)
+
+    @classmethod
+    def from_config(cls, value: object, *, key: str, base_dir: Path) -> FileOrPem:
+        """The loader's hook: inline PEM if the text starts with ``-----BEGIN``,
+        else a path relative to ``base_dir`` that must name a readable file."""
+        if not isinstance(value, str | os.PathLike) or not str(value).strip():
+            raise ConfigError(f"expected {cls.config_expected}, got {value!r}")
+        text = str(value)
+        if text.lstrip().startswith(_PEM_BEGIN):
+            if "-----END" not in text:
+                raise ConfigError("inline PEM has no -----END line; is it cut short?")
+            return cls.from_pem(text.strip() + "\n", source=key)
+        path = base_dir / Path(text).expanduser()
+        if not path.exists():
+            raise ConfigError(f"file not found: {path}")
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(f"not a readable file: {path}")
+        return cls(path=path, source=key)
+
+    @property
+    def describe(self) -> str:
+        """For messages: the path, or ``inline PEM from <key>``."""
+        return str(self.path) if self.path is not None else f"inline PEM from {self.source}"
+
+    def read_bytes(self) -> bytes:
+        """The PEM bytes; ``ConfigError`` if the file cannot be read."""
+        if self.pem is not None:
+            return self.pem
+        assert self.path is not None  # __post_init__ guarantees one of the two
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{self.describe}: cannot read: {exc.strerror}") from None
+
+
+def _check_order(low_name: str, low: float, high_name: str, high: float) -> None:
+    if high < low:
+        raise ConfigError(
+            f"{high_name} ({high}) is below {low_name} ({low}); raise {high_name} or lower "
+            f"{low_name}"
+        )
+
+
+# -- server ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerTLS(Section):
+    """The server's certificate and key, the CA clients must chain to, an optional CRL."""
+
+    ca: FileOrPem
+    cert: FileOrPem
+    key: FileOrPem
+    crl: FileOrPem | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetsConfig(Section):
+    """Target policy lists; entries are parsed by the policy module."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    ports: tuple[int, ...] = field(default=(), metadata=_PORT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientsConfig(Section):
+    """Client identities (certificate names) allowed in; empty: any certificate of the CA."""
+
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DialConfig(Section):
+    """How the server connects to targets: timeout, attempts, backoff between them."""
+
+    connect_timeout: float = field(default=10.0, metadata={"positive": True})
+    attempts: int = field(default=3, metadata={"min": 1})
+    backoff_initial: float = field(default=0.1, metadata={"non_negative": True})
+    backoff_max: float = field(default=1.0, metadata={"non_negative": True})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_order("backoff_initial", self.backoff_initial, "backoff_max", self.backoff_max)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CircuitBreakerConfig(Section):
+    """Per-target breaker: opens after ``failures`` in a row, half-opens after ``reset_after``."""
+
+    failures: int = field(default=5, metadata={"min": 1})
+    reset_after: float = field(default=30.0, metadata={"positive": True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitsConfig(Section):
+    """Resource bounds of the server."""
+
+    handshake_timeout: float = field(default=10.0, metadata={"positive": True})
+    max_tunnels: int = field(default=1000, metadata={"min": 1})
+    max_streams_per_tunnel: int = field(default=1000, metadata={"min": 1})
+    stream_idle_timeout: float = field(default=0.0, metadata={"non_negative": True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig(Section):
+    """Everything ``fluidity server`` needs; see docs/configuration.md for each key."""
+
+    listen: Address = Address("0.0.0.0", 8443)
+    tls: ServerTLS
+    targets: TargetsConfig = TargetsConfig()
+    clients: ClientsConfig = ClientsConfig()
+    dial: DialConfig = DialConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    keepalive_interval: float = field(default=15.0, metadata={"positive": True})
+    keepalive_timeout: float = field(default=10.0, metadata={"positive": True})
+    drain_timeout: float = field(default=20.0, metadata={"non_negative": True})
+    metrics: Address | None = None
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+
+
+# -- agent -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentTLS(Section):
+    """The agent's client certificate and key, and the CA the server must chain to."""
+
+    ca: FileOrPem
+    cert: FileOrPem
+    key: FileOrPem
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconnectConfig(Section):
+    """Exponential backoff (with jitter) between tunnel connection attempts."""
+
+    initial: float = field(default=0.5, metadata={"positive": True})
+    max: float = field(default=30.0, metadata={"positive": True})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_order("initial", self.initial, "max", self.max)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig(Section):
+    """Basic credentials: a username and exactly one of ``password`` (never shown
+    in ``repr`` or error messages) and ``password_env`` (a variable holding it)."""
+
+    username: str
+    password: str | None = field(default=None, repr=False)
+    password_env: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.password is None) == (self.password_env is None):
+            raise ConfigError("set exactly one of password and password_env")
+
+    def resolve_password(self, env: Mapping[str, str] | None = None) -> str:
+        """The password, read from ``env`` (default ``os.environ``) if ``password_env``."""
+        if self.password is not None:
+            return self.password
+        assert self.password_env is not None  # __post_init__ guarantees one of the two
+        value = (os.environ if env is None else env).get(self.password_env)
+        if not value:
+            raise ConfigError(
+                f"auth.password_env: environment variable {self.password_env} is not set; "
+                "export it or use auth.password"
+            )
+        return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig(Section):
+    """Everything ``fluidity agent`` needs; see docs/configuration.md for each key."""
+
+    listen: Address = Address("127.0.0.1", 8080)
+    server: Address
+    server_name: str | None = None
+    tls: AgentTLS
+    keepalive_interval: float = field(default=15.0, metadata={"positive": True})
+    keepalive_timeout: float = field(default=10.0, metadata={"positive": True})
+    reconnect: ReconnectConfig = ReconnectConfig()
+    connect_wait: float = field(default=10.0, metadata={"non_negative": True})
+    handshake_timeout: float = field(default=10.0, metadata={"positive": True})
+    head_timeout: float = field(default=30.0, metadata={"positive": True})
+    stream_idle_timeout: float = field(default=0.0, metadata={"non_negative": True})
+    max_client_connections: int = field(default=4096, metadata={"min": 1})
+    drain_timeout: float = field(default=20.0, metadata={"non_negative": True})
+    auth: AuthConfig | None = None
+    metrics: Address | None = None
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+
+    @property
+    def server_hostname(self) -> str:
+        """The name to verify in the server certificate: ``server_name`` or the server host."""
+        return self.server_name or self.server.host
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_server_config(
+    path: Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> ServerConfig:
+    """The server config from ``path`` (None: no file), ``FLUIDITY_SERVER__*`` in ``env``
+    (None: ``os.environ``) and dotted-key ``overrides``, in that order of precedence."""
+    return load_config(ServerConfig, role="server", path=path, env=env, overrides=overrides)
+
+
+def load_agent_config(
+    path: Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> AgentConfig:
+    """The agent config from ``path`` (None: no file), ``FLUIDITY_AGENT__*`` in ``env``
+    (None: ``os.environ``) and dotted-key ``overrides``, in that order of precedence."""
+    return load_config(AgentConfig, role="agent", path=path, env=env, overrides=overrides)
