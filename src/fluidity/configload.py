@@ -61,7 +61,12 @@ from fluidity.errors import ConfigError
 
 T = TypeVar("T")
 Key = tuple[str, ...]
-"""A key path in the tree: ``("tls", "cert")`` is ``tls.cert``."""
+"""A key path in the tree: ``("tls", "cert")`` is ``tls.cert``; list items are ``"[i]"``."""
+
+
+def dotted(path: Key) -> str:
+    """``tls.cert``, ``targets.ports[1]``: a key path as users write it."""
+    return ".".join(path).replace(".[", "[")
 
 
 class ConfigValue(Protocol):
@@ -267,7 +272,7 @@ def _parse_text(raw: object, tp: Any, label: str, path: Key) -> object:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else exc
-        raise ConfigError(f"{label}: {'.'.join(path)}: not a YAML value: {problem}") from None
+        raise ConfigError(f"{label}: {dotted(path)}: not a YAML value: {problem}") from None
 
 
 # -- layer 2: typed values -----------------------------------------------------------------
@@ -284,9 +289,7 @@ class _Builder:
 
     def fail(self, path: Key, problem: str) -> NoReturn:
         label = self._sources.origin(path).label
-        raise ConfigError(
-            f"{label}: {'.'.join(path)}: {problem}" if path else f"{label}: {problem}"
-        )
+        raise ConfigError(f"{label}: {dotted(path)}: {problem}" if path else f"{label}: {problem}")
 
     def build(self, cls: type[T], raw: object, path: Key) -> T:
         """Construct dataclass ``cls`` from mapping ``raw`` found at ``path``."""
@@ -314,7 +317,7 @@ class _Builder:
         first missing key), anything else is an error."""
         if _section_type(tp) is tp:
             return self.build(tp, {}, path)
-        hint = env_name(self._prefix, ".".join(path))
+        hint = env_name(self._prefix, dotted(path))
         self.fail(path, f"missing required key; expected {describe(tp, f)}; add it or set ${hint}")
 
     def convert(self, tp: Any, f: dataclasses.Field[Any], raw: object, path: Key) -> object:
@@ -350,7 +353,7 @@ class _Builder:
             raise TypeError(f"config type {tp} unsupported: use tuple[X, ...]")
         if not isinstance(raw, list | tuple):
             return _MISMATCH
-        items = [self._convert_type(item_type, f, x, (*path, str(i))) for i, x in enumerate(raw)]
+        items = [self._convert_type(item_type, f, x, (*path, f"[{i}]")) for i, x in enumerate(raw)]
         return _MISMATCH if _MISMATCH in items else tuple(items)
 
     def _convert_value_type(self, tp: Any, raw: object, path: Key) -> object:
@@ -358,7 +361,7 @@ class _Builder:
             return raw
         base_dir = self._sources.origin(path).base_dir
         try:
-            return tp.from_config(raw, key=".".join(path), base_dir=base_dir)
+            return tp.from_config(raw, key=dotted(path), base_dir=base_dir)
         except ConfigError as exc:
             self.fail(path, str(exc))
 
