@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluidity.config import (
@@ -546,6 +546,7 @@ def test_malformed_addresses_are_refused(text: str) -> None:
 _LABEL = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
 
 
+@settings(derandomize=True, database=None)
 @given(
     host=st.one_of(
         st.ip_addresses().map(str), st.lists(_LABEL, min_size=1, max_size=4).map(".".join)
