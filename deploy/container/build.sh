@@ -118,11 +118,19 @@ build_image() {
     local engine=$1 epoch=$2
     cp "$here/Containerfile" "$context/Containerfile"
     step "building $image with $engine"
+    local previous
+    previous=$("$engine" image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
     if [[ $engine == podman ]]; then
-        # docker format: the OCI format has no HEALTHCHECK.
-        podman build --format docker --timestamp "$epoch" -t "$image" -f "$context/Containerfile" "$context"
+        # docker format: the OCI format has no HEALTHCHECK. No intermediate
+        # images (--layers=false); --timestamp makes the image reproducible.
+        podman build --format docker --layers=false --timestamp "$epoch" \
+            -t "$image" -f "$context/Containerfile" "$context"
     else
         docker build -t "$image" -f "$context/Containerfile" "$context"
+    fi
+    # The image this build replaced, now untagged: remove it, and only it.
+    if [[ -n $previous && $previous != $("$engine" image inspect --format '{{.Id}}' "$image") ]]; then
+        "$engine" rmi "$previous" >/dev/null 2>&1 || true
     fi
     local size
     size=$("$engine" image inspect --format '{{.Size}}' "$image")

@@ -39,6 +39,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -52,9 +53,9 @@ UID = 65532
 
 # PEP 594: deprecated in 3.11, removed in 3.13.
 DEAD_BATTERIES = (
-    "aifc asynchat asyncore cgi cgitb chunk crypt imghdr mailcap nntplib pipes smtpd"
-    " sndhdr sunau telnetlib uu xdrlib"
-).split()
+    *("aifc", "asynchat", "asyncore", "cgi", "cgitb", "chunk", "crypt", "imghdr", "mailcap"),
+    *("nntplib", "pipes", "smtpd", "sndhdr", "sunau", "telnetlib", "uu", "xdrlib"),
+)
 
 # Paths (globs relative to the root) that the image never needs. Extension
 # modules go together with the pure-Python packages that wrap them and with
@@ -62,7 +63,6 @@ DEAD_BATTERIES = (
 TRIM = (
     "usr/share/*",
     "usr/lib/binfmt.d",
-    "usr/bin/*[!1]",  # python3.11 stays; pydoc3.11 and friends go
     "usr/lib/*-linux-gnu/gconv",
     "usr/lib/*-linux-gnu/engines-3",
     "usr/lib/*-linux-gnu/ossl-modules",
@@ -117,13 +117,17 @@ TRIM = (
     f"{STDLIB}/lib-dynload/_codecs_*",  # CJK codecs
     f"{STDLIB}/lib-dynload/_multibytecodec*",
     f"{SITE}/*.dist-info/RECORD",  # lists hashes of files trimmed or compiled here
+    f"{SITE}/*.dist-info/direct_url.json",  # names the build directory
     f"{SITE}/bin",
 )
 
 # Inside any package directory: test suites and type stubs are not run.
 TRIM_ANYWHERE = ("__pycache__", "tests", "test", "*.pyi", "py.typed")
 
-ETC_PASSWD = f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{UID}:{UID}:nonroot:/home/nonroot:/sbin/nologin\n"
+ETC_PASSWD = (
+    "root:x:0:0:root:/root:/sbin/nologin\n"
+    f"nonroot:x:{UID}:{UID}:nonroot:/home/nonroot:/sbin/nologin\n"
+)
 ETC_GROUP = f"root:x:0:\nnonroot:x:{UID}:\n"
 # Without this file glibc tries DNS before /etc/hosts; containers expect files first.
 ETC_NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
@@ -245,8 +249,6 @@ def write_zip(target: Path, base: Path, members: Iterable[Path], epoch: int) -> 
 
 def time_tuple(epoch: int) -> tuple[int, int, int, int, int, int]:
     """UTC broken-down time of ``epoch`` as zipfile wants it."""
-    import time
-
     t = time.gmtime(epoch)
     return (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
 
@@ -262,15 +264,24 @@ def console_script(root: Path, name: str) -> tuple[str, str]:
             elif section == "console_scripts" and line.partition("=")[0].strip() == name:
                 module, _, attr = line.partition("=")[2].strip().partition(":")
                 return module.strip(), attr.strip()
-    raise SystemExit(f"rootfs.py: no console script {name!r} in {root / SITE}; is the wheel installed?")
+    raise SystemExit(
+        f"rootfs.py: no console script {name!r} in {root / SITE}; is the wheel installed?"
+    )
+
+
+def launcher(module: str, attr: str) -> str:
+    """The text of ``/usr/bin/fluidity``: runs ``module.attr()`` and exits with its result."""
+    return LAUNCHER.format(
+        py=PY, name="fluidity", target=f"{module}:{attr}", module=module, attr=attr
+    )
 
 
 def add_files(root: Path, healthcheck: Path) -> None:
-    """The launcher, the health check, users and groups, nsswitch.conf, /tmp and the home."""
-    module, attr = console_script(root, "fluidity")
-    launcher = root / "usr/bin/fluidity"
-    target = f"{module}:{attr}"
-    launcher.write_text(LAUNCHER.format(py=PY, name="fluidity", target=target, module=module, attr=attr))
+    """The launcher, the health check, users and groups, nsswitch.conf, mount points."""
+    script = root / "usr/bin/fluidity"
+    script.write_text(launcher(*console_script(root, "fluidity")))
+    script.chmod(0o755)
+    (root / "usr/bin/python3").symlink_to(PY)
     (root / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(healthcheck, root / IMAGE_DIR / "healthcheck.py")
     etc = root / "etc"
@@ -279,7 +290,6 @@ def add_files(root: Path, healthcheck: Path) -> None:
     (etc / "nsswitch.conf").write_text(ETC_NSSWITCH)
     for directory in ("tmp", "root", "config", "certs"):
         (root / directory).mkdir(exist_ok=True)
-    (root / "usr/bin/python3").symlink_to(PY)
 
 
 def write_manifest(root: Path, debs: Iterable[Path]) -> None:
@@ -294,6 +304,7 @@ def write_manifest(root: Path, debs: Iterable[Path]) -> None:
     lines.append("# Python distributions (name version)")
     for info in sorted((root / SITE).glob("*.dist-info")):
         lines.append(" ".join(info.name.removesuffix(".dist-info").rsplit("-", 1)))
+    (root / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     (root / IMAGE_DIR / "manifest.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -314,7 +325,6 @@ def assemble(root: Path, debs: list[Path], healthcheck: Path, epoch: int) -> Non
     zip_stdlib(root, epoch)
     compile_tree(root, root / SITE, f"/{SITE}", legacy=False)
     add_files(root, healthcheck)
-    (root / "usr/bin/fluidity").chmod(0o755)
     write_manifest(root, debs)
     normalise(root, epoch)
 
