@@ -37,6 +37,17 @@ from typing import TypeAlias
 
 from fluidity.errors import ConfigError, PolicyRefused
 
+__all__ = [
+    "IPAddress",
+    "IPNetwork",
+    "Rule",
+    "TargetPolicy",
+    "Verdict",
+    "normalise",
+    "parse_authority",
+    "parse_ip_literal",
+]
+
 IPAddress: TypeAlias = IPv4Address | IPv6Address
 IPNetwork: TypeAlias = IPv4Network | IPv6Network
 
