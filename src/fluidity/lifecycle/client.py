@@ -177,9 +177,12 @@ class ControlPlaneClient:
         deadline = start + self.config.ready_timeout
         delays = self._backoff.delays()
         status: ServerStatus | None = None
+        last_problem = "no answer from the control plane"
         call = "wake"
         while True:
             outcome = await self._attempt_within(call, deadline)
+            if outcome is None:  # the deadline cut the call short
+                break
             if isinstance(outcome, _Failure) and outcome.permanent:
                 raise TunnelUnavailable(f"the control plane refused us: {outcome.message}")
             status = outcome if isinstance(outcome, ServerStatus) else status
@@ -196,20 +199,21 @@ class ControlPlaneClient:
             call = "wake" if status is None or status.status is Status.STOPPED else "query"
             remaining = deadline - self._clock()
             if remaining <= 0:
-                raise TunnelUnavailable(
-                    f"the server was not ready after {self.config.ready_timeout:.0f} s "
-                    f"({last_problem}); check the ECS service's events and the server's "
-                    "CloudWatch logs, or raise lifecycle.ready_timeout"
-                )
+                break
             await asyncio.sleep(min(next(delays), remaining))
+        raise TunnelUnavailable(
+            f"the server was not ready after {self.config.ready_timeout:.0f} s "
+            f"({last_problem}); check the ECS service's events and the server's "
+            "CloudWatch logs, or raise lifecycle.ready_timeout"
+        )
 
-    async def _attempt_within(self, name: str, deadline: float) -> ServerStatus | _Failure:
-        """One call, bounded by what is left of the deadline."""
+    async def _attempt_within(self, name: str, deadline: float) -> ServerStatus | _Failure | None:
+        """One call, bounded by what is left of the deadline; ``None`` if it ran out."""
         try:
             async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
                 return await self._attempt(name)
         except TimeoutError:
-            return _Failure(f"{name} did not answer in time", permanent=False)
+            return None
 
     async def _attempt(self, name: str) -> ServerStatus | _Failure:
         """Sign, send and parse one call; a failure is returned, not raised."""
