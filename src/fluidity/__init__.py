@@ -1,3 +1,3 @@
-"""Fluidity: an HTTP proxy on the laptop, carried over one mTLS HTTP/2 connection to a server in the cloud."""
+"""Fluidity: a local HTTP proxy carried over one mTLS HTTP/2 connection to your server."""
 
 __version__ = "0.1.0"

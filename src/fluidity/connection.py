@@ -25,7 +25,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from h2.errors import ErrorCodes
 
@@ -88,6 +88,11 @@ class TunnelStream:
         """Reset the stream; the handler hears nothing more."""
         self._conn._reset(self.stream_id)
 
+    @property
+    def tunnel_alive(self) -> bool:
+        """False once the tunnel connection carrying this stream is gone."""
+        return self._conn.is_usable
+
 
 class _PendingOpen:
     """An agent's CONNECT awaiting the server's answer."""
@@ -134,12 +139,12 @@ class TunnelConnection(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.goaway_received = False
+        self.ready: asyncio.Future[None] = self._loop.create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         set_tcp_keepalive(transport)
         self._core.initiate()
         self._flush()
@@ -147,6 +152,8 @@ class TunnelConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_received = self._loop.time()
+        if not self.ready.done():
+            self.ready.set_result(None)  # the peer spoke: it accepted our certificate
         try:
             events = self._core.receive_data(data)
         except TunnelClosed as exc:
@@ -165,6 +172,9 @@ class TunnelConnection(asyncio.Protocol):
         reason = f"connection to {self.peer_name} lost: {exc}" if exc else "connection closed"
         self._cancel_timers()
         self._fail_all(reason)
+        if not self.ready.done():
+            self.ready.set_exception(TunnelClosed(reason))
+            self.ready.exception()  # retrieved: nobody may be waiting for it
         if not self.closed.done():
             self.closed.set_result(reason)
 
@@ -341,6 +351,8 @@ class TunnelConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        for stream_id in self._core.take_finished():
+            self._streams.pop(stream_id, None)
         data = self._core.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from fluidity.connection import TunnelStream, set_tcp_keepalive
 
@@ -44,11 +45,10 @@ class Splice(asyncio.Protocol):
     # -- socket side (asyncio.Protocol) --------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         set_tcp_keepalive(transport)
         if self.stream is None:
-            transport.pause_reading()  # nothing may flow before the stream is accepted
+            self.transport.pause_reading()  # nothing may flow before the stream is accepted
 
     def data_received(self, data: bytes) -> None:
         assert self.stream is not None

@@ -37,7 +37,9 @@ class PemSource(Protocol):
 Source = Path | PemSource
 
 
-def server_context(ca: Source, cert: Source, key: Source, crl: Source | None = None) -> ssl.SSLContext:
+def server_context(
+    ca: Source, cert: Source, key: Source, crl: Source | None = None
+) -> ssl.SSLContext:
     """TLS 1.3 server context that requires a client certificate issued by ``ca``.
 
     With ``crl``, revoked client certificates are refused at the handshake.

@@ -101,6 +101,7 @@ class TunnelProtocol:
         self._refusing = False
         self._ping_ids = itertools.count(1)
         self._max_streams = max_streams
+        self._finished: list[int] = []
 
     # -- connection ---------------------------------------------------------
 
@@ -258,6 +259,11 @@ class TunnelProtocol:
         if stream.unacked >= STREAM_WINDOW // 4:
             self._open_stream_window(stream_id, stream)
 
+    def take_finished(self) -> list[int]:
+        """Streams that ended cleanly in both directions since the last call."""
+        finished, self._finished = self._finished, []
+        return finished
+
     def pending(self, stream_id: int) -> int:
         """Bytes queued for the stream but not yet written."""
         stream = self._streams.get(stream_id)
@@ -301,6 +307,7 @@ class TunnelProtocol:
                 stream.remote_ended = True
             if stream.remote_ended:
                 del self._streams[stream_id]
+                self._finished.append(stream_id)
         if stream.source_paused and stream.pending_size <= LOW_WATER:
             stream.source_paused = False
             events.append(SendBufferDrained(stream_id))
@@ -383,3 +390,4 @@ class TunnelProtocol:
         events.append(StreamEnded(stream_id))
         if stream.local_ended:
             del self._streams[stream_id]  # both directions are done
+            self._finished.append(stream_id)

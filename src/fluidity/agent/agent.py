@@ -1,0 +1,176 @@
+"""The agent: a local HTTP proxy whose every connection rides the one tunnel."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import time
+from typing import Any, cast
+
+from fluidity.agent.client import ClientConnection
+from fluidity.agent.keeper import TunnelKeeper
+from fluidity.config import AgentConfig
+from fluidity.errors import ConfigError
+from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
+from fluidity.protocol.retry import Backoff
+from fluidity.tls import agent_context, describe
+
+log = logging.getLogger(__name__)
+
+STATUS_PATH = "/fluidity/status"
+
+
+class Agent:
+    """Listens locally, keeps the tunnel, drains on shutdown."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.credentials = _credentials(config)
+        context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
+        self.keeper = TunnelKeeper(
+            host=config.server.host,
+            port=config.server.port,
+            server_name=config.server_hostname,
+            context=context,
+            cert_description=describe(config.tls.cert),
+            keepalive_interval=config.keepalive_interval,
+            keepalive_timeout=config.keepalive_timeout,
+            handshake_timeout=config.handshake_timeout,
+            connect_wait=config.connect_wait,
+            backoff=Backoff(config.reconnect.initial, config.reconnect.max),
+        )
+        self.clients: set[ClientConnection] = set()
+        self.started = time.time()
+        self.address: tuple[str, int] | None = None
+        self._listener: asyncio.Server | None = None
+        self._keeper_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start keeping the tunnel and listening; ``address`` holds the bound address."""
+        loop = asyncio.get_running_loop()
+        self._keeper_task = loop.create_task(self.keeper.run(), name="tunnel-keeper")
+        listen = self.config.listen
+        try:
+            self._listener = await loop.create_server(
+                self._make_client, listen.host, listen.port, reuse_address=True, backlog=1024
+            )
+        except OSError as exc:
+            self._keeper_task.cancel()
+            raise ConfigError(
+                f"listen: cannot listen on {listen}: {exc.strerror or exc}; "
+                "choose another address with --listen or listen: in agent.yaml"
+            ) from exc
+        sockname = self._listener.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+        log.info(
+            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s", *self.address, self.keeper.address
+        )
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain."""
+        await stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let client connections finish up to the deadline, then close."""
+        timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        if self._listener is not None:
+            self._listener.close()
+        busy = [c for c in self.clients if c.stream is not None]
+        for client in self.clients - set(busy):
+            client.close()  # idle keep-alive connections: nothing to wait for
+        if busy:
+            log.info("draining %d client connections (up to %.0f s)", len(busy), timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                # Streams end in protocol callbacks; a short poll keeps them free of
+                # shutdown bookkeeping on the hot path.
+                while any(c.stream is not None for c in self.clients):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.warning("drain deadline passed: closing %d connections", len(self.clients))
+        for client in list(self.clients):
+            client.close()
+        if self._keeper_task is not None:
+            self._keeper_task.cancel()
+            await asyncio.gather(self._keeper_task, return_exceptions=True)
+        if self._listener is not None:
+            await self._listener.wait_closed()
+
+    def forget(self, client: ClientConnection) -> None:
+        self.clients.discard(client)
+
+    def status(self) -> dict[str, Any]:
+        """What ``fluidity status`` prints."""
+        keeper = self.keeper
+        conn = keeper.connection
+        kinds: dict[str, int] = {}
+        for client in self.clients:
+            if client.stream is not None:
+                kinds[client.kind] = kinds.get(client.kind, 0) + 1
+        return {
+            "state": keeper.state.value,
+            "server": keeper.address,
+            "uptime": round(time.time() - self.started, 1),
+            "connected_for": round(time.time() - keeper.connected_since, 1)
+            if keeper.connected_since
+            else None,
+            "reconnects": keeper.reconnects,
+            "client_connections": len(self.clients),
+            "streams": kinds,
+            "bytes_out": conn.bytes_out if conn else 0,
+            "bytes_in": conn.bytes_in if conn else 0,
+            "last_error": keeper.last_error or None,
+        }
+
+    def _make_client(self) -> ClientConnection | _Refuser:
+        if len(self.clients) >= self.config.max_client_connections:
+            log.warning(
+                "max_client_connections (%d) reached: refusing a client",
+                self.config.max_client_connections,
+            )
+            return _Refuser()
+        session = ClientSession(
+            credentials=self.credentials,
+            local_paths={STATUS_PATH: self._status_page},
+        )
+        client = ClientConnection(self, session)
+        self.clients.add(client)
+        return client
+
+    def _status_page(self, request: LocalRequest) -> LocalResponse:
+        body = json.dumps(self.status(), indent=2).encode() + b"\n"
+        return LocalResponse(200, "application/json", body)
+
+
+class _Refuser(asyncio.Protocol):
+    """Answers 503 and closes: the agent is at its connection limit."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        body = b"fluidity agent: too many client connections (max_client_connections)\n"
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        transport.close()
+
+
+def _credentials(config: AgentConfig) -> tuple[str, str] | None:
+    """Proxy credentials; required when the listener is reachable from other machines."""
+    if config.auth is not None:
+        return config.auth.username, config.auth.resolve_password()
+    host = config.listen.host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ConfigError(
+            f"listen: {config.listen} is reachable from other machines, so the proxy needs "
+            "credentials: set auth: {username: ..., password_env: ...} in agent.yaml, "
+            "or listen on 127.0.0.1"
+        )
+    return None

@@ -1,0 +1,199 @@
+"""One local client connection of the agent: a socket, a session, a tunnel stream.
+
+``ClientConnection`` is the asyncio protocol of a socket accepted on the
+agent's port. Everything HTTP lives in the sans-I/O ``ClientSession``; this
+class only moves bytes in and out of it and carries out the events it emits.
+The single task it ever starts is the one that opens a tunnel stream (that
+waits for the server); while it runs the client is not read, so the session
+never buffers more than one read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, cast
+
+from fluidity.connection import TunnelStream, set_tcp_keepalive
+from fluidity.errors import StreamError, StreamRefused, TunnelError, TunnelUnavailable
+from fluidity.protocol.proxy import (
+    ClientSession,
+    CloseClient,
+    CloseUpstream,
+    EndClient,
+    EndUpstream,
+    OpenUpstream,
+    SendClient,
+    SendUpstream,
+)
+
+if TYPE_CHECKING:
+    from fluidity.agent.agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+class ClientConnection(asyncio.Protocol):
+    """Drives a ``ClientSession`` between a local socket and tunnel streams."""
+
+    def __init__(self, agent: Agent, session: ClientSession) -> None:
+        self.agent = agent
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+        self.stream: TunnelStream | None = None
+        self.kind = "idle"
+        self._opening: asyncio.Task[None] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._client_paused = False
+        self._deferred_ack = 0
+        self._retried = False
+        self._closed = False
+
+    # -- the client socket --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        set_tcp_keepalive(transport)
+        loop = asyncio.get_running_loop()
+        self._head_timer = loop.call_later(self.agent.config.head_timeout, self._on_head_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_client(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self.session.receive_client(b"")
+        self._pump()
+        return True  # half-close: the answer may still be on its way
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._cancel_head_timer()
+        if self._opening is not None:
+            self._opening.cancel()
+        if self.stream is not None:
+            self.stream.abort()
+            self.stream = None
+        self.agent.forget(self)
+
+    def pause_writing(self) -> None:
+        self._client_paused = True
+
+    def resume_writing(self) -> None:
+        self._client_paused = False
+        if self._deferred_ack and self.stream is not None:
+            self.stream.acknowledge(self._deferred_ack)
+        self._deferred_ack = 0
+
+    # -- the tunnel stream (StreamHandler) -------------------------------
+
+    def stream_data(self, data: bytes) -> None:
+        self.session.receive_upstream(data)
+        self._pump()
+        if self.stream is None:
+            return
+        if self._client_paused:
+            self._deferred_ack += len(data)
+        else:
+            self.stream.acknowledge(len(data))
+
+    def stream_ended(self) -> None:
+        self.session.receive_upstream(b"")
+        self._pump()
+
+    def stream_reset(self, reason: str) -> None:
+        stream, self.stream = self.stream, None
+        tunnel_died = stream is not None and not stream.tunnel_alive
+        if tunnel_died and not self._retried and self.session.replayable_request() is not None:
+            self._retried = True
+            log.info("tunnel lost mid-request; retrying the idempotent request once")
+            self.session.retry_upstream()
+        else:
+            self.session.upstream_lost(reason)
+        self._pump()
+
+    def stream_drained(self) -> None:
+        self._resume_client()
+
+    # -- carrying out the session's events ---------------------------------
+
+    def _pump(self) -> None:
+        while (event := self.session.next_event()) is not None:
+            match event:
+                case SendUpstream(data):
+                    if self.stream is not None and not self.stream.write(data):
+                        self._pause_client()
+                case SendClient(data):
+                    self._cancel_head_timer()
+                    if self.transport is not None and not self._closed:
+                        self.transport.write(data)
+                case OpenUpstream(host, port, kind):
+                    self._cancel_head_timer()
+                    self.kind = kind
+                    self._pause_client()
+                    self._opening = asyncio.get_running_loop().create_task(self._open(host, port))
+                case EndUpstream():
+                    if self.stream is not None:
+                        self.stream.write_eof()
+                case CloseUpstream():
+                    if self.stream is not None:
+                        self.stream.abort()
+                        self.stream = None
+                    self._retried = False
+                case EndClient():
+                    if self.transport is not None and self.transport.can_write_eof():
+                        self.transport.write_eof()
+                case CloseClient(abort):
+                    self._close_client(abort)
+
+    async def _open(self, host: str, port: int) -> None:
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            self.stream = await self.agent.keeper.open_stream(authority, self)
+        except StreamRefused as exc:
+            self.session.upstream_failed(exc.status, exc.reason)
+        except TunnelUnavailable as exc:
+            self.session.upstream_failed(503, str(exc))
+        except (StreamError, TunnelError) as exc:
+            self.session.upstream_failed(502, str(exc))
+        else:
+            self.session.upstream_opened()
+        finally:
+            self._opening = None
+        self._resume_client()
+        self._pump()
+
+    def _close_client(self, abort: bool) -> None:
+        if self.transport is None or self._closed:
+            return
+        if self.stream is not None:
+            (self.stream.abort if abort else self.stream.write_eof)()
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def _pause_client(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+
+    def _resume_client(self) -> None:
+        if self.transport is not None and not self._closed and self._opening is None:
+            self.transport.resume_reading()
+
+    def _on_head_timeout(self) -> None:
+        self._head_timer = None
+        self.session.head_timed_out()
+        self._pump()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def close(self) -> None:
+        """Abort (shutdown deadline passed)."""
+        if self.stream is not None:
+            self.stream.abort()
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,233 @@
+"""Keeps the agent's one tunnel connection up, forever.
+
+The keeper connects at start, and whenever the connection is lost -- server
+restart, network reset, a middlebox killing an idle connection, a laptop
+waking from sleep (caught by the keepalive PING) -- it reconnects with
+exponential backoff and full jitter, logging each attempt and its reason.
+
+A connection counts as up only once the server has spoken HTTP/2 to us: with
+TLS 1.3 the client finishes its handshake before the server has checked the
+client certificate, so a refused certificate shows up as the connection
+ending before the first byte. That case is reported as an authentication
+failure naming our certificate.
+
+Client requests wait for the tunnel (``connect_wait``) instead of failing
+the moment it blinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from enum import Enum
+
+from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
+from fluidity.errors import (
+    AuthenticationError,
+    HandshakeError,
+    StreamError,
+    TunnelClosed,
+    TunnelError,
+    TunnelUnavailable,
+)
+from fluidity.protocol.retry import Backoff
+from fluidity.protocol.tunnel import Side
+
+log = logging.getLogger(__name__)
+
+# Opens the TCP path to the server: directly, or through a corporate proxy.
+# Returns a connected socket, or None to let asyncio connect directly.
+Connector = Callable[[str, int], Awaitable[socket.socket | None]]
+
+
+class TunnelState(Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    AUTH_FAILED = "auth failed"
+    STOPPED = "stopped"
+
+
+class TunnelKeeper:
+    """Owns the agent's tunnel connection and hands it to client sessions."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        server_name: str,
+        context: ssl.SSLContext,
+        cert_description: str,
+        keepalive_interval: float = 15.0,
+        keepalive_timeout: float = 10.0,
+        handshake_timeout: float = 10.0,
+        connect_wait: float = 10.0,
+        backoff: Backoff | None = None,
+        connector: Connector | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.server_name = server_name
+        self._context = context
+        self._cert_description = cert_description
+        self._keepalive = (keepalive_interval, keepalive_timeout)
+        self._handshake_timeout = handshake_timeout
+        self.connect_wait = connect_wait
+        self._backoff = backoff or Backoff(0.5, 30.0)
+        self._connector = connector
+        self._conn: TunnelConnection | None = None
+        self._up = asyncio.Event()
+        self.state = TunnelState.CONNECTING
+        self.last_error = ""
+        self.reconnects = 0
+        self.connected_since: float | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connection(self) -> TunnelConnection | None:
+        return self._conn
+
+    async def run(self) -> None:
+        """Connect, and reconnect after every loss, until cancelled."""
+        try:
+            while True:
+                await self._connect_once()
+                delay = self._backoff.next_delay()
+                log.warning(
+                    "tunnel to %s: %s; reconnecting in %.1f s (attempt %d)",
+                    self.address,
+                    self.last_error,
+                    delay,
+                    self._backoff.attempts,
+                )
+                await asyncio.sleep(delay)
+                self.reconnects += 1
+        finally:
+            self.state = TunnelState.STOPPED
+            self._up.clear()
+            if self._conn is not None:
+                self._conn.close("agent stopping")
+
+    async def wait_ready(self, within: float) -> TunnelConnection:
+        """The usable connection, waiting up to ``within`` seconds for one."""
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    conn = self._conn
+                    if conn is not None and conn.is_usable and self._up.is_set():
+                        return conn
+                    self._up.clear()
+                    await self._up.wait()
+        except TimeoutError:
+            why = f": {self.last_error}" if self.last_error else ""
+            raise TunnelUnavailable(
+                f"no tunnel to {self.address} after waiting {within:g} s{why}"
+            ) from None
+
+    async def open_stream(self, authority: str, handler: StreamHandler) -> TunnelStream:
+        """A stream to ``authority``; waits for the tunnel, retries a refused or lost open.
+
+        A stream refused with REFUSED_STREAM (the server is draining) or lost
+        with its connection before the server answered never reached a target,
+        so trying it again on the next connection is safe.
+        """
+        deadline = asyncio.get_running_loop().time() + self.connect_wait
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            conn = await self.wait_ready(max(remaining, 0.0))
+            try:
+                return await conn.open_stream(authority, handler)
+            except (TunnelClosed, StreamError) as exc:
+                if type(exc) is not TunnelClosed and "draining" not in str(exc):
+                    raise
+                conn.goaway_received = True  # stop using it for new streams
+                self._up.clear()
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise TunnelUnavailable(f"tunnel to {self.address} unavailable: {exc}") from exc
+
+    async def _connect_once(self) -> None:
+        self.state = TunnelState.CONNECTING
+        try:
+            conn = await self._establish()
+        except TunnelError as exc:
+            self.last_error = str(exc)
+            if isinstance(exc, AuthenticationError):
+                self.state = TunnelState.AUTH_FAILED
+                log.error("%s", exc)
+            return
+        self._conn = conn
+        self.state = TunnelState.CONNECTED
+        self.connected_since = time.time()
+        self.last_error = ""
+        self._backoff.reset()
+        self._up.set()
+        log.info("tunnel up: connected to %s", self.address)
+        reason = await asyncio.shield(conn.closed)
+        self._up.clear()
+        self.connected_since = None
+        self.last_error = f"connection lost ({reason})"
+
+    async def _establish(self) -> TunnelConnection:
+        loop = asyncio.get_running_loop()
+        interval, timeout = self._keepalive
+        factory = lambda: TunnelConnection(  # noqa: E731
+            Side.AGENT,
+            keepalive_interval=interval,
+            keepalive_timeout=timeout,
+            peer_name=f"server {self.address}",
+        )
+        try:
+            async with asyncio.timeout(self._handshake_timeout):
+                sock = await self._connector(self.host, self.port) if self._connector else None
+                if sock is None:
+                    _, conn = await loop.create_connection(
+                        factory,
+                        self.host,
+                        self.port,
+                        ssl=self._context,
+                        server_hostname=self.server_name,
+                        ssl_handshake_timeout=self._handshake_timeout,
+                    )
+                else:
+                    _, conn = await loop.create_connection(
+                        factory,
+                        sock=sock,
+                        ssl=self._context,
+                        server_hostname=self.server_name,
+                        ssl_handshake_timeout=self._handshake_timeout,
+                    )
+        except ssl.SSLCertVerificationError as exc:
+            raise HandshakeError(
+                f"cannot verify the server certificate of {self.address} "
+                f"(as {self.server_name}): {exc.verify_message}"
+            ) from exc
+        except (ssl.SSLError, ConnectionError, OSError) as exc:
+            raise HandshakeError(f"cannot connect to {self.address}: {exc}") from exc
+        except TimeoutError as exc:
+            raise HandshakeError(
+                f"connecting to {self.address} timed out after {self._handshake_timeout:g} s"
+            ) from exc
+        return await self._await_first_word(conn)
+
+    async def _await_first_word(self, conn: TunnelConnection) -> TunnelConnection:
+        try:
+            async with asyncio.timeout(self._handshake_timeout):
+                await conn.ready
+        except TunnelClosed as exc:
+            raise AuthenticationError(
+                f"authentication failed: the server {self.address} closed the connection "
+                f"right after the TLS handshake, refusing our client certificate "
+                f"{self._cert_description} (revoked, expired, not issued by its CA, "
+                f"or not on its allow-list?): {exc}"
+            ) from exc
+        except TimeoutError as exc:
+            conn.close_now("no HTTP/2 preface")
+            raise HandshakeError(f"server {self.address} did not speak HTTP/2 in time") from exc
+        return conn

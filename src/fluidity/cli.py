@@ -1,0 +1,179 @@
+"""The ``fluidity`` command: argparse subcommands -> config -> ``runtime.run``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fluidity import __version__, certs_cli
+from fluidity.errors import ConfigError, FluidityError
+
+log = logging.getLogger("fluidity")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fluidity",
+        description="An HTTP proxy on your laptop, carried over one mutually-authenticated "
+        "TLS 1.3 connection to your own server.",
+    )
+    parser.add_argument("--version", action="version", version=f"fluidity {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    server = sub.add_parser("server", help="run the server (in the cloud)")
+    _add_common(server)
+    server.set_defaults(func=_cmd_server)
+
+    agent = sub.add_parser("agent", help="run the agent (the local proxy on your laptop)")
+    _add_common(agent)
+    agent.add_argument("--server", help="override the server address (host:port)")
+    agent.set_defaults(func=_cmd_agent)
+
+    quick = sub.add_parser(
+        "quickstart", help="create certificates, run server and agent on this machine"
+    )
+    quick.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(".fluidity"),
+        help="state directory for certificates (default: ./.fluidity)",
+    )
+    quick.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        help="the agent's proxy address (default: 127.0.0.1:8080)",
+    )
+    quick.add_argument(
+        "--self-test",
+        action="store_true",
+        help="fetch a page from a built-in origin through the tunnel, then exit",
+    )
+    quick.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    quick.set_defaults(func=_cmd_quickstart)
+
+    health = sub.add_parser("health", help="exit 0 if the configured listener accepts TCP")
+    group = health.add_mutually_exclusive_group()
+    group.add_argument("--config", type=Path, help="server.yaml or agent.yaml")
+    group.add_argument("--address", help="host:port to check")
+    health.add_argument(
+        "--role",
+        choices=["server", "agent"],
+        default="server",
+        help="which config schema --config follows (default: server)",
+    )
+    health.set_defaults(func=_cmd_health)
+
+    certs_cli.add_parser(sub)
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        from fluidity.lifecycle import cli as cloud_cli
+    except ImportError:  # pragma: no cover - the lifecycle package ships with fluidity
+        return
+    cloud_cli.add_parser(sub)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, help="YAML config file (without it, FLUIDITY_* variables alone)"
+    )
+    parser.add_argument("--listen", help="override the listen address (host:port)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["text", "json"])
+
+
+def _overrides(args: argparse.Namespace, *names: str) -> dict[str, object]:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from fluidity import runtime
+    from fluidity.config import load_server_config
+    from fluidity.server import Server
+
+    config = load_server_config(
+        args.config, overrides=_overrides(args, "listen", "log_level", "log_format")
+    )
+    runtime.setup_logging(config.log_level, config.log_format)
+
+    async def main(stop: asyncio.Event) -> int:
+        server = Server(config)
+        await server.start()
+        await server.serve(stop)
+        return 0
+
+    return runtime.run(main)
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from fluidity import runtime
+    from fluidity.agent import Agent
+    from fluidity.config import load_agent_config
+
+    config = load_agent_config(
+        args.config, overrides=_overrides(args, "listen", "server", "log_level", "log_format")
+    )
+    runtime.setup_logging(config.log_level, config.log_format)
+
+    async def main(stop: asyncio.Event) -> int:
+        agent = Agent(config)
+        await agent.start()
+        await agent.serve(stop)
+        return 0
+
+    return runtime.run(main)
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from fluidity import quickstart, runtime
+
+    runtime.setup_logging(args.log_level, "text")
+    return runtime.run(
+        lambda stop: quickstart.run(args.dir, args.listen, self_test=args.self_test, stop=stop)
+    )
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from fluidity.config import Address, load_agent_config, load_server_config
+
+    if args.address:
+        address = Address.parse(args.address)
+    elif args.role == "agent":
+        address = load_agent_config(args.config).listen
+    else:
+        address = load_server_config(args.config).listen
+    host = "127.0.0.1" if address.host in ("0.0.0.0", "::", "") else address.host
+    try:
+        with socket.create_connection((host, address.port), timeout=3):
+            return 0
+    except OSError as exc:
+        print(f"fluidity: unhealthy: {host}:{address.port}: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"fluidity: config error: {exc}", file=sys.stderr)
+        return 2
+    except FluidityError as exc:
+        print(f"fluidity: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The server's way to a target: policy, one resolution, retries, circuit breaker.
+
+Order matters for safety: the name is checked before it is resolved, it is
+resolved exactly once, every resolved address is checked, and only the
+addresses that passed are dialled -- by address, so no second resolution can
+swap in a forbidden one (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from fluidity.errors import (
+    CircuitOpen,
+    DialRefused,
+    DialTimeout,
+    PolicyRefused,
+    ResolveError,
+    TargetError,
+)
+from fluidity.protocol.policy import TargetPolicy, parse_authority, parse_ip_literal
+from fluidity.protocol.retry import Backoff, CircuitBreaker
+
+log = logging.getLogger(__name__)
+
+IPAddress = IPv4Address | IPv6Address
+ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+@dataclass(frozen=True)
+class DialSettings:
+    connect_timeout: float = 10.0
+    attempts: int = 3
+    backoff_initial: float = 0.1
+    backoff_max: float = 1.0
+    resolve_timeout: float = 10.0
+
+
+class Dialer:
+    """Connects to targets on behalf of agents; raises a ``TargetError`` with a status."""
+
+    def __init__(
+        self,
+        policy: TargetPolicy,
+        settings: DialSettings,
+        breaker: CircuitBreaker,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.breaker = breaker
+        self._clock = clock
+
+    async def dial(
+        self, authority: str, factory: ProtocolFactory
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        """Open a TCP connection to ``authority`` (``host:port``) with ``factory``'s protocol."""
+        try:
+            host, port = parse_authority(authority)
+        except ValueError as exc:
+            raise PolicyRefused(f"bad target {authority!r}: {exc}") from exc
+        verdict = self.policy.check_request(host, port)
+        if not verdict.allowed:
+            raise PolicyRefused(f"{host}:{port} refused by policy: {verdict.reason}")
+        key = f"{host}:{port}"
+        if not self.breaker.allow(key, self._clock()):
+            raise CircuitOpen(f"circuit open for {key}: it failed repeatedly; retrying later")
+        addresses = await self._resolve(host, port)
+        allowed, verdict = self.policy.filter_addresses(host, port, addresses)
+        if not allowed:
+            raise PolicyRefused(f"{host}:{port} refused by policy: {verdict.reason}")
+        try:
+            result = await self._connect_with_retries(host, port, allowed, factory)
+        except TargetError:
+            self.breaker.record_failure(key, self._clock())
+            raise
+        except BaseException:
+            self.breaker.record_success(key)  # cancelled: neither verdict; free the probe
+            raise
+        self.breaker.record_success(key)
+        return result
+
+    async def _resolve(self, host: str, port: int) -> list[IPAddress]:
+        literal = parse_ip_literal(host)
+        if literal is not None:
+            return [literal]
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.settings.resolve_timeout):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ResolveError(f"cannot resolve {host}: {exc}") from exc
+        except TimeoutError as exc:
+            raise ResolveError(f"resolving {host} timed out") from exc
+        addresses: list[IPAddress] = []
+        for *_, sockaddr in infos:
+            address = ip_address(str(sockaddr[0]).split("%")[0])
+            if address not in addresses:
+                addresses.append(address)
+        if not addresses:
+            raise ResolveError(f"{host} has no addresses")
+        return addresses
+
+    async def _connect_with_retries(
+        self, host: str, port: int, addresses: list[IPAddress], factory: ProtocolFactory
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        backoff = Backoff(self.settings.backoff_initial, self.settings.backoff_max, jitter=False)
+        last: TargetError | None = None
+        for attempt in range(self.settings.attempts):
+            if attempt:
+                await asyncio.sleep(backoff.next_delay())
+            for address in addresses:
+                try:
+                    return await self._connect(address, port, factory)
+                except TargetError as exc:
+                    last = exc
+                    log.debug("dial %s:%s via %s failed: %s", host, port, address, exc)
+        assert last is not None
+        raise type(last)(f"{host}:{port}: {last} (after {self.settings.attempts} attempts)")
+
+    async def _connect(
+        self, address: IPAddress, port: int, factory: ProtocolFactory
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                transport, protocol = await loop.create_connection(factory, str(address), port)
+        except TimeoutError as exc:
+            raise DialTimeout(
+                f"connect to {address} timed out after {self.settings.connect_timeout:g} s"
+            ) from exc
+        except ConnectionRefusedError as exc:
+            raise DialRefused(f"connection refused by {address}") from exc
+        except OSError as exc:
+            raise DialRefused(f"cannot connect to {address}: {exc.strerror or exc}") from exc
+        return transport, protocol

@@ -1,0 +1,215 @@
+"""The server: an mTLS HTTP/2 listener that dials targets for its agents.
+
+Each agent connection is a ``TunnelConnection``; each CONNECT stream on it
+becomes one dial task (policy, resolution, retries, circuit breaker) and, once
+the target answers, a ``Splice`` that carries bytes with no task at all.
+
+Shutdown drains: the listener closes, new streams are refused with
+REFUSED_STREAM (the agent retries them elsewhere), open streams finish up to
+the deadline, and only then each connection gets its GOAWAY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+
+from fluidity.config import ServerConfig
+from fluidity.connection import TunnelConnection
+from fluidity.dialer import Dialer, DialSettings
+from fluidity.errors import StreamError, TargetError
+from fluidity.protocol.policy import TargetPolicy
+from fluidity.protocol.retry import CircuitBreaker
+from fluidity.protocol.tunnel import Side
+from fluidity.splice import Splice
+from fluidity.tls import server_context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the server is doing, for operators and the lifecycle control plane."""
+
+    active_connections: int
+    active_streams: int
+    last_activity: float
+
+
+class Server:
+    """Accepts agents, serves their CONNECT streams, drains on shutdown."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.context: ssl.SSLContext = server_context(
+            config.tls.ca, config.tls.cert, config.tls.key, config.tls.crl
+        )
+        policy = TargetPolicy.from_config(
+            config.targets.allow, config.targets.deny, config.targets.ports
+        )
+        self.dialer = Dialer(
+            policy,
+            DialSettings(
+                connect_timeout=config.dial.connect_timeout,
+                attempts=config.dial.attempts,
+                backoff_initial=config.dial.backoff_initial,
+                backoff_max=config.dial.backoff_max,
+            ),
+            CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.reset_after),
+        )
+        self._listener: asyncio.Server | None = None
+        self._connections: set[TunnelConnection] = set()
+        self._dials: set[asyncio.Task[None]] = set()
+        self._splices: set[Splice] = set()
+        self._last_activity = time.time()
+        self.address: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        """Bind the listener; ``address`` then holds the bound host and port."""
+        loop = asyncio.get_running_loop()
+        listen = self.config.listen
+        self._listener = await loop.create_server(
+            self._make_connection,
+            listen.host,
+            listen.port,
+            ssl=self.context,
+            ssl_handshake_timeout=self.config.limits.handshake_timeout,
+            reuse_address=True,
+            backlog=1024,
+        )
+        sockname = self._listener.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+        log.info(
+            "fluidity server listening on %s:%d (TLS 1.3, client certificates required)",
+            *self.address,
+        )
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain within ``drain_timeout``."""
+        if self._listener is None:
+            await self.start()
+        await stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let open streams finish up to the deadline, then close all."""
+        timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        started = time.monotonic()
+        if self._listener is not None:
+            self._listener.close()
+        for conn in list(self._connections):
+            conn.refuse_new_streams()
+        log.info("draining: %d streams open, waiting up to %.0f s", self._open_streams(), timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                # Streams end in protocol callbacks; a short poll keeps them free of
+                # shutdown bookkeeping on the hot path.
+                while self._open_streams() or self._dials:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.warning(
+                "drain deadline passed with %d streams open: closing them", self._open_streams()
+            )
+        for task in list(self._dials):
+            task.cancel()
+        for splice in list(self._splices):
+            splice.close()
+        for conn in list(self._connections):
+            conn.close("server shutting down")
+        if self._listener is not None:
+            await self._listener.wait_closed()
+        log.info("drained in %.2f s", time.monotonic() - started)
+
+    def activity(self) -> Activity:
+        """Active agents, active streams and the last time a stream opened."""
+        last = max([self._last_activity, *(c.last_activity for c in self._connections)])
+        return Activity(len(self._connections), self._open_streams(), last)
+
+    # -- connections and streams ------------------------------------------
+
+    def _open_streams(self) -> int:
+        return sum(conn.active_streams for conn in self._connections)
+
+    def _make_connection(self) -> TunnelConnection:
+        conn = _ServerConnection(
+            self,
+            Side.SERVER,
+            keepalive_interval=self.config.keepalive_interval,
+            keepalive_timeout=self.config.keepalive_timeout,
+            max_streams=self.config.limits.max_streams_per_tunnel,
+            on_stream_request=self._on_stream_request,
+        )
+        return conn
+
+    def _admit(self, conn: TunnelConnection) -> bool:
+        if len(self._connections) >= self.config.limits.max_tunnels:
+            log.warning(
+                "refusing agent %s: limits.max_tunnels (%d) reached",
+                conn.peer_name,
+                self.config.limits.max_tunnels,
+            )
+            return False
+        self._connections.add(conn)
+        return True
+
+    def _forget(self, conn: TunnelConnection) -> None:
+        self._connections.discard(conn)
+        self._last_activity = max(self._last_activity, conn.last_activity)
+
+    def _on_stream_request(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._serve_stream(conn, stream_id, authority)
+        )
+        self._dials.add(task)
+        task.add_done_callback(self._dials.discard)
+
+    async def _serve_stream(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
+        splice = Splice(on_close=self._splices.discard)
+        try:
+            transport, _ = await self.dialer.dial(authority, lambda: splice)
+        except TargetError as exc:
+            log.info("%s: CONNECT %s -> %d: %s", conn.peer_name, authority, exc.status, exc)
+            conn.reject(stream_id, exc.status, str(exc))
+            return
+        try:
+            stream = conn.accept(stream_id, splice)
+        except StreamError:
+            transport.abort()  # the agent gave up while we dialled
+            return
+        self._splices.add(splice)
+        splice.attach(stream)
+        log.debug("%s: CONNECT %s -> 200", conn.peer_name, authority)
+
+
+class _ServerConnection(TunnelConnection):
+    """A tunnel connection that registers itself with its server."""
+
+    def __init__(self, server: Server, side: Side, **kwargs: object) -> None:
+        super().__init__(side, **kwargs)  # type: ignore[arg-type]
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        cert = transport.get_extra_info("peercert") or {}
+        self.peer_name = f"{_common_name(cert) or 'agent'}@{peer[0]}:{peer[1]}" if peer else "agent"
+        super().connection_made(transport)
+        if not self._server._admit(self):
+            self.close("too many tunnels")
+            return
+        log.info("agent connected: %s", self.peer_name)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._server._forget(self)
+        log.info("agent disconnected: %s (%s)", self.peer_name, self.closed.result())
+
+
+def _common_name(cert: dict[str, object]) -> str | None:
+    for rdn in cert.get("subject", ()):  # type: ignore[attr-defined]
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
