@@ -66,6 +66,9 @@ MAX_REQUESTS = 6
 class UpstreamProxyConfig:
     """The agent.yaml ``upstream_proxy:`` section, validated when built.
 
+    Validation errors name the key within the section (``url: ...``); the config
+    loader prefixes the file and the section path.
+
     ``url`` is ``http://host:port`` (credentials may ride in it as
     ``http://user:pass@host:port``), ``env``, or ``pac+`` and the URL of a PAC file.
     ``password_env`` names an environment variable holding the password, read on
@@ -82,14 +85,14 @@ class UpstreamProxyConfig:
     def __post_init__(self) -> None:
         if self.password is not None and self.password_env is not None:
             raise ConfigError(
-                "upstream_proxy: set password or password_env, not both "
+                "password, password_env: set one, not both "
                 "(password_env keeps the secret out of the file)"
             )
         if self.mode == "http":
-            parse_proxy_url(self.url, "upstream_proxy.url")
+            parse_proxy_url(self.url, "url")
         has_password = self.password is not None or self.password_env is not None
         if has_password and self.username is None:
-            raise ConfigError("upstream_proxy.username: required when a password is set")
+            raise ConfigError("username: required when a password is set")
 
     def __repr__(self) -> str:
         # The url may carry a password (http://user:pass@host:port): show it masked.
