@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pypac.parser import PACFile  # type: ignore[import-untyped]
 
 from fluidity.errors import ConfigError
@@ -104,3 +106,9 @@ def test_the_pac_file_uses_the_pac_builtins(routing: SplitRouting) -> None:
     text = routing.pac_file("127.0.0.1", 8080)
     assert "shExpMatch(" in text and "isInNet(" in text
     assert '["10.0.0.0", "255.0.0.0"]' in text
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_route_answers_for_any_host_text(host: str) -> None:
+    assert SplitRouting.from_config(DIRECT_LIST).route(host) in ("direct", "tunnel")
