@@ -65,10 +65,14 @@ download_debs() {
     local packages
     packages=$(grep -v '^#' "$here/packages.txt" | xargs)
     # shellcheck disable=SC2086  # one word per package
-    (cd "$build/debs" && apt-get download -q $packages 2>&1 | grep -v 'unsandboxed as root' || true)
+    if ! (cd "$build/debs" && apt-get download -q $packages) >"$build/apt-download.log" 2>&1; then
+        cat "$build/apt-download.log" >&2
+        die "apt-get download failed; run 'apt-get update' first"
+    fi
     local count
     count=$(find "$build/debs" -name '*.deb' | wc -l)
     [[ $count -eq $(wc -w <<<"$packages") ]] || die "downloaded $count of the packages in packages.txt"
+    echo "    $count packages: $(cd "$build/debs" && echo *.deb)"
 }
 
 unpack_debs() {

@@ -288,7 +288,8 @@ def add_files(root: Path, healthcheck: Path) -> None:
     (etc / "passwd").write_text(ETC_PASSWD)
     (etc / "group").write_text(ETC_GROUP)
     (etc / "nsswitch.conf").write_text(ETC_NSSWITCH)
-    for directory in ("tmp", "root", "config", "certs"):
+    # Mount points: tmpfs (/tmp, /run: podman mounts them with --read-only), volumes.
+    for directory in ("tmp", "run", "root", "config", "certs"):
         (root / directory).mkdir(exist_ok=True)
 
 
