@@ -55,3 +55,16 @@ def test_the_publisher_without_boto3_is_a_config_error_naming_the_extra() -> Non
     )
     assert result.returncode == 0, result.stderr
     assert "boto3 is not installed; install 'fluidity[aws]'" in result.stdout
+
+
+def test_the_lambda_handlers_need_nothing_but_the_standard_library_and_boto3() -> None:
+    # the Lambda zip is built with --no-deps: h2, h11, cryptography, PyYAML are not in it
+    result = run_without_boto(
+        """
+        import fluidity.lifecycle.handlers
+        heavy = {"h2", "h11", "hpack", "cryptography", "yaml", "uvloop"}
+        print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"
