@@ -57,8 +57,9 @@ def require_state(call: str, state: State) -> None:
 class OpenUpstream:
     """Open a tunnel stream to ``host:port``; answer with ``upstream_opened/failed()``.
 
-    ``kind`` is ``"connect"`` or ``"forward"``. ``host`` is bare: an IPv6 literal
-    comes without brackets. Stop reading the client until the answer.
+    ``kind`` says what the stream is for: ``"connect"`` or ``"forward"`` from the
+    HTTP core, ``"socks"`` from the SOCKS5 one. ``host`` is bare: an IPv6 literal comes
+    without brackets. Stop reading the client until the answer.
     """
 
     host: str
