@@ -6,6 +6,7 @@ import argparse
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fake_control_plane import ADDRESS, READY, STARTING, STOPPED, FakeControlPlane
@@ -113,8 +114,8 @@ def fake_config_module(lifecycle: LifecycleConfig | None) -> types.ModuleType:
     """Stands in for ``fluidity.config`` as the CLI uses it: ``load_agent_config(path)``."""
     module = types.ModuleType("fluidity.config")
 
-    def load_agent_config(path: str) -> types.SimpleNamespace:
-        assert path == "agent.yaml"
+    def load_agent_config(path: Path) -> types.SimpleNamespace:
+        assert path == Path("agent.yaml")
         return types.SimpleNamespace(lifecycle=lifecycle)
 
     module.load_agent_config = load_agent_config  # type: ignore[attr-defined]

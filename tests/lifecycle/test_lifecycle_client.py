@@ -190,3 +190,19 @@ async def test_no_region_is_a_config_error(serve: Serve, monkeypatch: pytest.Mon
 
 def test_backoff_doubles_from_one_second_to_ten() -> None:
     assert list(itertools.islice(Backoff().delays(), 6)) == [1, 2, 4, 8, 10, 10]
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"wake_url": "lambda-url.eu-west-1.on.aws/"}, "wake_url: 'lambda-url"),
+        ({"kill_url": "ftp://x/"}, "kill_url"),
+        ({"ready_timeout": 0.0}, "ready_timeout: 0.0 must be > 0"),
+    ],
+)
+def test_a_lifecycle_config_with_a_bad_value_names_the_key(
+    fields: dict[str, object], problem: str
+) -> None:
+    base: dict[str, object] = {"wake_url": "https://w/", "query_url": "https://q/"}
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        LifecycleConfig(**{**base, **fields})  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from lifecycle_world import REGION, SERVICE, FargateWorld
 
-from fluidity.errors import LifecycleError
+from fluidity.errors import ConfigError, LifecycleError
 from fluidity.lifecycle import aws
 from fluidity.lifecycle.cloudwatch import Activity, CloudWatchConfig, MetricsPublisher
 
@@ -160,3 +160,14 @@ async def test_a_hanging_publish_neither_blocks_the_loop_nor_cancellation() -> N
         assert publisher.published == 0
     finally:
         sink.release.set()  # let the worker thread end before the loop closes
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [({"service": ""}, "service: must name"), ({"interval": 0.0}, "interval: 0.0 must be > 0")],
+)
+def test_a_cloudwatch_config_with_a_bad_value_names_the_key(
+    fields: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        CloudWatchConfig(**{"service": SERVICE, **fields})

@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from fluidity.errors import ConfigError, FluidityError
@@ -135,7 +136,7 @@ def _from_agent_config(path: str) -> LifecycleConfig:
             "--config needs fluidity.config, which this build lacks; pass --wake-url, "
             "--query-url and --kill-url instead"
         ) from exc
-    agent_config = config_module.load_agent_config(path)
+    agent_config = config_module.load_agent_config(Path(path))
     lifecycle = getattr(agent_config, "lifecycle", None)
     if not isinstance(lifecycle, LifecycleConfig):
         raise ConfigError(

@@ -45,6 +45,17 @@ class LifecycleConfig:
     kill_on_exit: bool = False
     ready_timeout: float = 300.0
 
+    def __post_init__(self) -> None:
+        for key in ("wake_url", "query_url", "kill_url"):
+            url = getattr(self, key)
+            if url is not None and urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+                raise ConfigError(
+                    f"{key}: {url!r} is not a URL; use the stack output "
+                    "(https://<id>.lambda-url.<region>.on.aws/)"
+                )
+        if not self.ready_timeout > 0:
+            raise ConfigError(f"ready_timeout: {self.ready_timeout} must be > 0 seconds")
+
 
 @dataclass(frozen=True)
 class HttpRequest:

@@ -41,6 +41,12 @@ class CloudWatchConfig:
     interval: float = 60.0
     region: str | None = None
 
+    def __post_init__(self) -> None:
+        if not self.service:
+            raise ConfigError("service: must name the ECS service (the stack's ServiceName)")
+        if not self.interval > 0:
+            raise ConfigError(f"interval: {self.interval} must be > 0 seconds")
+
 
 @dataclass(frozen=True)
 class Activity:
