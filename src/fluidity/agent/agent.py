@@ -12,7 +12,7 @@ from typing import Any, cast
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.keeper import TunnelKeeper
 from fluidity.config import AgentConfig
-from fluidity.errors import ConfigError
+from fluidity.errors import ConfigError, ProxyProtocolError
 from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
 from fluidity.protocol.retry import Backoff
 from fluidity.tls import agent_context, describe
@@ -141,6 +141,8 @@ class Agent:
         return client
 
     def _status_page(self, request: LocalRequest) -> LocalResponse:
+        if self.credentials is not None and not request.authenticated:
+            raise ProxyProtocolError("the status page needs the proxy credentials", 407)
         body = json.dumps(self.status(), indent=2).encode() + b"\n"
         return LocalResponse(200, "application/json", body)
 

@@ -44,7 +44,9 @@ class ClientConnection(asyncio.Protocol):
         self.kind = "idle"
         self._opening: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
-        self._client_paused = False
+        self._client_paused = False  # the client's socket buffer is full
+        self._stream_full = False  # the tunnel stream's send queue is full
+        self._reading = True
         self._deferred_ack = 0
         self._retried = False
         self._closed = False
@@ -113,7 +115,8 @@ class ClientConnection(asyncio.Protocol):
         self._pump()
 
     def stream_drained(self) -> None:
-        self._resume_client()
+        self._stream_full = False
+        self._update_reading()
 
     # -- carrying out the session's events ---------------------------------
 
@@ -122,7 +125,7 @@ class ClientConnection(asyncio.Protocol):
             match event:
                 case SendUpstream(data):
                     if self.stream is not None and not self.stream.write(data):
-                        self._pause_client()
+                        self._stream_full = True
                 case SendClient(data):
                     self._cancel_head_timer()
                     if self.transport is not None and not self._closed:
@@ -130,7 +133,6 @@ class ClientConnection(asyncio.Protocol):
                 case OpenUpstream(host, port, kind):
                     self._cancel_head_timer()
                     self.kind = kind
-                    self._pause_client()
                     self._opening = asyncio.get_running_loop().create_task(self._open(host, port))
                 case EndUpstream():
                     if self.stream is not None:
@@ -145,6 +147,7 @@ class ClientConnection(asyncio.Protocol):
                         self.transport.write_eof()
                 case CloseClient(abort):
                     self._close_client(abort)
+        self._update_reading()
 
     async def _open(self, host: str, port: int) -> None:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -160,7 +163,6 @@ class ClientConnection(asyncio.Protocol):
             self.session.upstream_opened()
         finally:
             self._opening = None
-        self._resume_client()
         self._pump()
 
     def _close_client(self, abort: bool) -> None:
@@ -173,13 +175,16 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.transport.close()
 
-    def _pause_client(self) -> None:
-        if self.transport is not None and not self._closed:
-            self.transport.pause_reading()
-
-    def _resume_client(self) -> None:
-        if self.transport is not None and not self._closed and self._opening is None:
+    def _update_reading(self) -> None:
+        """Read the client only while the session wants bytes and the stream has room."""
+        want = self.session.wants_client_data and not self._stream_full and self._opening is None
+        if want == self._reading or self.transport is None or self._closed:
+            return
+        self._reading = want
+        if want:
             self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
 
     def _on_head_timeout(self) -> None:
         self._head_timer = None
