@@ -108,6 +108,8 @@ project_sources() {
 }
 
 install_wheels() {
+    # pip's advice about root and its own version is noise here.
+    export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
     step "building the project's wheel"
     "$python" -m pip wheel -q --no-deps -w "$build/wheels" "$build/src"
     step "installing it and its runtime dependencies for Python $py_version, glibc of the image"
