@@ -128,7 +128,7 @@ build_image() {
     previous=$("$engine" image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
     if [[ $engine == podman ]]; then
         # docker format: the OCI format has no HEALTHCHECK. No intermediate
-        # images (--layers=false); --timestamp makes the image reproducible.
+        # images (--layers=false); --timestamp makes the layer reproducible.
         podman build --format docker --layers=false --timestamp "$epoch" \
             -t "$image" -f "$context/Containerfile" "$context"
     else
