@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import Process, agent_yaml, server_yaml, start_process
 from fluidity.certs import QuickstartPKI
+from harness import Process, agent_yaml, server_yaml, start_process
 from origins import CHUNK, RecordingOrigin, pattern, pattern_sha256
 
 pytestmark = [

@@ -9,7 +9,7 @@ import shutil
 import httpx
 import pytest
 
-from conftest import Tunnel
+from harness import Tunnel
 from origins import RecordingOrigin
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

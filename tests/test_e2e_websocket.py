@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from conftest import Tunnel
+from harness import Tunnel
 
 
 async def echo(ws: ServerConnection) -> None:
