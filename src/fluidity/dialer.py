@@ -81,7 +81,7 @@ class Dialer:
             self.breaker.record_failure(key, self._clock())
             raise
         except BaseException:
-            self.breaker.record_success(key)  # cancelled: neither verdict; free the probe
+            self.breaker.release(key)  # cancelled: neither verdict; free the probe
             raise
         self.breaker.record_success(key)
         return result

@@ -65,6 +65,7 @@ class Server:
         self._dials: set[asyncio.Task[None]] = set()
         self._splices: set[Splice] = set()
         self._last_activity = time.time()
+        self._draining = False
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> None:
@@ -98,6 +99,7 @@ class Server:
         """Stop accepting, let open streams finish up to the deadline, then close all."""
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
         started = time.monotonic()
+        self._draining = True
         if self._listener is not None:
             self._listener.close()
         for conn in list(self._connections):
@@ -140,11 +142,14 @@ class Server:
             keepalive_interval=self.config.keepalive_interval,
             keepalive_timeout=self.config.keepalive_timeout,
             max_streams=self.config.limits.max_streams_per_tunnel,
+            stream_idle_timeout=self.config.limits.stream_idle_timeout,
             on_stream_request=self._on_stream_request,
         )
         return conn
 
     def _admit(self, conn: TunnelConnection) -> bool:
+        if self._draining:  # its handshake began before the listener closed
+            conn.refuse_new_streams()
         if len(self._connections) >= self.config.limits.max_tunnels:
             log.warning(
                 "refusing agent %s: limits.max_tunnels (%d) reached",

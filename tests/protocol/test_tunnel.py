@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fluidity.errors import StreamError, TunnelClosed
+from fluidity.errors import StreamError, TooManyStreams, TunnelClosed
 from fluidity.protocol.events import (
     ConnectionTerminated,
     DataReceived,
@@ -23,9 +23,9 @@ from fluidity.protocol.tunnel import HIGH_WATER, STREAM_WINDOW, Side, TunnelProt
 class Pair:
     """An agent and a server joined by an in-memory wire."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int = 1000) -> None:
         self.agent = TunnelProtocol(Side.AGENT)
-        self.server = TunnelProtocol(Side.SERVER)
+        self.server = TunnelProtocol(Side.SERVER, max_streams=max_streams)
         self.agent.initiate()
         self.server.initiate()
         self.xfer()
@@ -168,6 +168,17 @@ def test_draining_server_refuses_new_streams_but_keeps_open_ones() -> None:
     pair.agent.send(sid, b"still flowing")
     _, at_server = pair.xfer()
     assert received(at_server) == b"still flowing"
+
+
+def test_the_servers_stream_limit_is_a_named_error_until_a_stream_ends() -> None:
+    pair = Pair(max_streams=2)
+    first = pair.open()
+    pair.open("b.example:443")
+    with pytest.raises(TooManyStreams, match=r"2 streams.*limits.max_streams_per_tunnel"):
+        pair.agent.open_stream("c.example:443")
+    pair.agent.reset_stream(first)
+    pair.xfer()
+    pair.open("c.example:443")  # a slot came free
 
 
 def test_goaway_is_reported() -> None:

@@ -6,6 +6,16 @@ class only moves bytes in and out of it and carries out the events it emits.
 The single task it ever starts is the one that opens a tunnel stream (that
 waits for the server); while it runs the client is not read, so the session
 never buffers more than one read.
+
+Failures are never silent. A tunnel stream that cannot be had answers 503
+(no tunnel within ``connect_wait``, or the server's stream limit) or 502; one
+that breaks before a response byte answers 502, except that an idempotent
+request sent in full is replayed once on the next tunnel when the whole tunnel
+died; one that breaks later resets the client connection (TCP RST), so a
+close-delimited body or a CONNECT stream cannot pass for complete.
+
+``head_timeout`` bounds every wait for a request head: the first, and each
+next one on a kept-alive connection, which is closed once idle that long.
 """
 
 from __future__ import annotations
@@ -14,8 +24,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, cast
 
-from fluidity.connection import TunnelStream, set_tcp_keepalive
-from fluidity.errors import StreamError, StreamRefused, TunnelError, TunnelUnavailable
+from fluidity.connection import TunnelStream, reset_transport, set_tcp_keepalive
+from fluidity.errors import (
+    StreamError,
+    StreamRefused,
+    TooManyStreams,
+    TunnelError,
+    TunnelUnavailable,
+)
 from fluidity.protocol.proxy import (
     ClientSession,
     CloseClient,
@@ -25,6 +41,7 @@ from fluidity.protocol.proxy import (
     OpenUpstream,
     SendClient,
     SendUpstream,
+    State,
 )
 
 if TYPE_CHECKING:
@@ -56,8 +73,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         set_tcp_keepalive(transport)
-        loop = asyncio.get_running_loop()
-        self._head_timer = loop.call_later(self.agent.config.head_timeout, self._on_head_timeout)
+        self._sync_head_timer()
 
     def data_received(self, data: bytes) -> None:
         self.session.receive_client(data)
@@ -131,7 +147,6 @@ class ClientConnection(asyncio.Protocol):
                     if self.transport is not None and not self._closed:
                         self.transport.write(data)
                 case OpenUpstream(host, port, kind):
-                    self._cancel_head_timer()
                     self.kind = kind
                     self._opening = asyncio.get_running_loop().create_task(self._open(host, port))
                 case EndUpstream():
@@ -148,6 +163,7 @@ class ClientConnection(asyncio.Protocol):
                 case CloseClient(abort):
                     self._close_client(abort)
         self._update_reading()
+        self._sync_head_timer()
 
     async def _open(self, host: str, port: int) -> None:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -155,7 +171,7 @@ class ClientConnection(asyncio.Protocol):
             self.stream = await self.agent.keeper.open_stream(authority, self)
         except StreamRefused as exc:
             self.session.upstream_failed(exc.status, exc.reason)
-        except TunnelUnavailable as exc:
+        except (TunnelUnavailable, TooManyStreams) as exc:
             self.session.upstream_failed(503, str(exc))
         except (StreamError, TunnelError) as exc:
             self.session.upstream_failed(502, str(exc))
@@ -171,7 +187,7 @@ class ClientConnection(asyncio.Protocol):
         if self.stream is not None:
             (self.stream.abort if abort else self.stream.write_eof)()
         if abort:
-            self.transport.abort()
+            reset_transport(self.transport)
         else:
             self.transport.close()
 
@@ -186,6 +202,20 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.transport.pause_reading()
 
+    def _sync_head_timer(self) -> None:
+        """Time the wait for a request head whenever the session waits for one (IDLE).
+
+        Armed once per wait, never extended by trickling bytes: a client
+        sending one byte a second still runs out of time.
+        """
+        waiting = self.session.state is State.IDLE and not self._closed
+        if not waiting:
+            self._cancel_head_timer()
+        elif self._head_timer is None:
+            loop = asyncio.get_running_loop()
+            timeout = self.agent.config.head_timeout
+            self._head_timer = loop.call_later(timeout, self._on_head_timeout)
+
     def _on_head_timeout(self) -> None:
         self._head_timer = None
         self.session.head_timed_out()
@@ -196,9 +226,20 @@ class ClientConnection(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    @property
+    def busy(self) -> bool:
+        """In the middle of an exchange: opening a stream, forwarding, or a tunnel."""
+        busy_states = (State.OPENING, State.FORWARDING, State.RAW)
+        return self._opening is not None or self.session.state in busy_states
+
+    def close_idle(self) -> None:
+        """Close a connection between requests (shutdown): an orderly close, no reset."""
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
     def close(self) -> None:
-        """Abort (shutdown deadline passed)."""
+        """Reset the connection and its stream (shutdown deadline passed)."""
         if self.stream is not None:
             self.stream.abort()
-        if self.transport is not None:
-            self.transport.abort()
+        if self.transport is not None and not self._closed:
+            reset_transport(self.transport)

@@ -29,7 +29,7 @@ from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
 from fluidity.errors import (
     AuthenticationError,
     HandshakeError,
-    StreamError,
+    StreamUnprocessed,
     TunnelClosed,
     TunnelError,
     TunnelUnavailable,
@@ -66,6 +66,7 @@ class TunnelKeeper:
         keepalive_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
         connect_wait: float = 10.0,
+        stream_idle_timeout: float = 0.0,
         backoff: Backoff | None = None,
         connector: Connector | None = None,
     ) -> None:
@@ -77,6 +78,7 @@ class TunnelKeeper:
         self._keepalive = (keepalive_interval, keepalive_timeout)
         self._handshake_timeout = handshake_timeout
         self.connect_wait = connect_wait
+        self._stream_idle_timeout = stream_idle_timeout
         self._backoff = backoff or Backoff(0.5, 30.0)
         self._connector = connector
         self._conn: TunnelConnection | None = None
@@ -144,9 +146,7 @@ class TunnelKeeper:
             conn = await self.wait_ready(max(remaining, 0.0))
             try:
                 return await conn.open_stream(authority, handler)
-            except (TunnelClosed, StreamError) as exc:
-                if type(exc) is not TunnelClosed and "draining" not in str(exc):
-                    raise
+            except (TunnelClosed, StreamUnprocessed) as exc:
                 conn.goaway_received = True  # stop using it for new streams
                 self._up.clear()
                 if asyncio.get_running_loop().time() >= deadline:
@@ -181,6 +181,7 @@ class TunnelKeeper:
             Side.AGENT,
             keepalive_interval=interval,
             keepalive_timeout=timeout,
+            stream_idle_timeout=self._stream_idle_timeout,
             peer_name=f"server {self.address}",
         )
         try:

@@ -39,7 +39,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from fluidity.errors import StreamError, TunnelClosed
+from fluidity.errors import StreamError, TooManyStreams, TunnelClosed
 from fluidity.protocol import h2patch
 from fluidity.protocol.events import (
     ConnectionTerminated,
@@ -188,7 +188,12 @@ class TunnelProtocol:
         try:
             self._h2.send_headers(stream_id, headers)
         except h2.exceptions.TooManyStreamsError as exc:
-            raise StreamError(f"the tunnel already carries its maximum of streams: {exc}") from exc
+            limit = self._h2.remote_settings.max_concurrent_streams
+            raise TooManyStreams(
+                f"the tunnel already carries {limit} streams, the server's maximum "
+                "(limits.max_streams_per_tunnel in server.yaml): retry when one ends, "
+                "or raise that limit"
+            ) from exc
         except h2.exceptions.ProtocolError as exc:
             raise TunnelClosed(f"tunnel cannot open streams: {exc}") from exc
         self._streams[stream_id] = _Stream()
