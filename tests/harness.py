@@ -86,8 +86,10 @@ class Tunnel:
         await self.server.shutdown(drain_timeout=1.0)
 
 
-async def start_tunnel(pki: QuickstartPKI, **agent_changes: object) -> Tunnel:
-    server = Server(make_server_config(pki))
+async def start_tunnel(
+    pki: QuickstartPKI, server_changes: dict[str, object] | None = None, **agent_changes: object
+) -> Tunnel:
+    server = Server(make_server_config(pki, **(server_changes or {})))
     await server.start()
     assert server.address is not None
     agent = Agent(make_agent_config(pki, server.address[1], **agent_changes))
