@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,16 +116,23 @@ class Process:
 
 
 def start_process(
-    role: str, config: dict[str, object], workdir: Path, timeout: float = 20
+    role: str,
+    config: dict[str, object],
+    workdir: Path,
+    timeout: float = 20,
+    prefix: Sequence[str] = (),
 ) -> Process:
-    """Run ``fluidity ROLE --config`` with ``config``; wait for its 'listening' log line."""
+    """Run ``fluidity ROLE --config`` with ``config``; wait for its 'listening' log line.
+
+    ``prefix`` goes before the command (``unshare --pid --fork``: run it as PID 1).
+    """
     config_path = workdir / f"{role}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"{role}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "fluidity.cli", role, "--config", str(config_path)],
+            [*prefix, sys.executable, "-m", "fluidity.cli", role, "--config", str(config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -20,8 +20,8 @@ from fluidity.agent import Agent
 from fluidity.certs import QuickstartPKI
 from fluidity.server import Server
 from harness import Tunnel, make_agent_config, make_server_config
-from origins import GatedOrigin, RecordingOrigin
-from transfers import Outcome, connect_request, http_request
+from origins import RecordingOrigin
+from transfers import connect_request, figure, gated_origin, http_request, wait_for
 
 MIB = 1 << 20
 # Event-loop scheduling on a shared CI machine: what a timer may run late by.
@@ -68,31 +68,6 @@ async def faulty_tunnel(
     finally:
         await tunnel.close()
         await proxy.close()
-
-
-@asynccontextmanager
-async def gated_origin() -> AsyncIterator[GatedOrigin]:
-    origin = await GatedOrigin().start()
-    try:
-        yield origin
-    finally:
-        await origin.close()
-
-
-async def wait_for(condition: Callable[[], bool], within: float) -> None:
-    """Poll ``condition`` (state changed by callbacks elsewhere) until true, or fail."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-
-
-def figure(name: str, seconds: float) -> None:
-    print(f"FIGURE {name}: {seconds:.3f} s")
-
-
-def assert_intact_or_explicit(outcome: Outcome, size: int) -> None:
-    assert not outcome.silently_truncated(size), outcome
-    assert outcome.intact(size) or outcome.error, outcome
 
 
 async def test_a_blackholed_tunnel_is_detected_within_0_5_plus_0_5_s_and_recovered(

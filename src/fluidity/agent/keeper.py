@@ -28,6 +28,7 @@ from enum import Enum
 from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
 from fluidity.errors import (
     AuthenticationError,
+    FluidityError,
     HandshakeError,
     StreamUnprocessed,
     TunnelClosed,
@@ -140,17 +141,22 @@ class TunnelKeeper:
         with its connection before the server answered never reached a target,
         so trying it again on the next connection is safe.
         """
-        deadline = asyncio.get_running_loop().time() + self.connect_wait
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_wait
+        refused: FluidityError | None = None  # why the last stream could not be opened
         while True:
-            remaining = deadline - asyncio.get_running_loop().time()
-            conn = await self.wait_ready(max(remaining, 0.0))
+            try:
+                conn = await self.wait_ready(max(deadline - loop.time(), 0.0))
+            except TunnelUnavailable as exc:
+                if refused is None:
+                    raise
+                raise TunnelUnavailable(f"{exc}; before that: {refused}") from refused
             try:
                 return await conn.open_stream(authority, handler)
             except (TunnelClosed, StreamUnprocessed) as exc:
                 conn.goaway_received = True  # stop using it for new streams
                 self._up.clear()
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise TunnelUnavailable(f"tunnel to {self.address} unavailable: {exc}") from exc
+                refused = exc
 
     async def _connect_once(self) -> None:
         self.state = TunnelState.CONNECTING
