@@ -42,8 +42,8 @@ class RecordingOrigin:
     server: asyncio.Server | None = None
     port: int = 0
 
-    async def start(self) -> RecordingOrigin:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> RecordingOrigin:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 

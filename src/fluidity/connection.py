@@ -158,6 +158,7 @@ class TunnelConnection(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.goaway_received = False
+        self.goaway: ConnectionTerminated | None = None  # the peer's GOAWAY, if it sent one
         self.ready: asyncio.Future[None] = self._loop.create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -190,6 +191,8 @@ class TunnelConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"connection to {self.peer_name} lost: {exc}" if exc else "connection closed"
+        if self.goaway is not None and self.goaway.reason:
+            reason = f"{self.peer_name} closed the connection: {self.goaway.reason}"
         self._cancel_timers()
         self._fail_all(reason)
         if not self.ready.done():
@@ -218,6 +221,11 @@ class TunnelConnection(asyncio.Protocol):
             and not self.goaway_received
             and self._core.is_open
         )
+
+    @property
+    def refused_by_peer(self) -> bool:
+        """The peer ended the connection with an error GOAWAY: it turned us away."""
+        return self.goaway is not None and self.goaway.error_code != ErrorCodes.NO_ERROR
 
     @property
     def active_streams(self) -> int:
@@ -260,9 +268,14 @@ class TunnelConnection(asyncio.Protocol):
         """Begin a drain: new CONNECTs are refused, open streams carry on."""
         self._core.refuse_new_streams()
 
-    def close(self, reason: str = "") -> None:
-        """GOAWAY, then close the transport once written."""
-        self._core.close(reason=reason)
+    def close(self, reason: str = "", *, refused: bool = False) -> None:
+        """GOAWAY (with ``reason`` as its debug data), then close the transport once written.
+
+        A clean end (NO_ERROR) by default; ``refused`` sends ENHANCE_YOUR_CALM, which
+        tells the peer it was turned away (too many tunnels) and should back off.
+        """
+        code = ErrorCodes.ENHANCE_YOUR_CALM if refused else ErrorCodes.NO_ERROR
+        self._core.close(code, reason=reason)
         self._flush()
         if self._transport is not None:
             self._transport.close()
@@ -332,6 +345,7 @@ class TunnelConnection(asyncio.Protocol):
                 self._on_ping_ack()
             case ConnectionTerminated(code, _, reason):
                 self.goaway_received = True
+                self.goaway = event
                 log.debug("%s sent GOAWAY (code %d): %s", self.peer_name, code, reason)
                 if self.active_streams == 0 and self._transport is not None:
                     self._transport.close()

@@ -202,7 +202,11 @@ class _ServerConnection(TunnelConnection):
         self.peer_name = f"{_common_name(cert) or 'agent'}@{peer[0]}:{peer[1]}" if peer else "agent"
         super().connection_made(transport)
         if not self._server._admit(self):
-            self.close("too many tunnels")
+            limit = self._server.config.limits.max_tunnels
+            reason = f"too many tunnels: the server's limits.max_tunnels ({limit}) is reached"
+            # Not from inside connection_made: asyncio's TLS transport cannot start its
+            # shutdown before the handshake callback has returned.
+            self._loop.call_soon(lambda: self.close(reason, refused=True))
             return
         log.info("agent connected: %s", self.peer_name)
 

@@ -159,7 +159,11 @@ class TunnelKeeper:
                 refused = exc
 
     async def _connect_once(self) -> None:
-        self.state = TunnelState.CONNECTING
+        """One attempt, and the connection's whole life if it succeeds.
+
+        ``state`` tells the last outcome while attempts go on: AUTH_FAILED stays
+        until an attempt fails otherwise or succeeds.
+        """
         try:
             conn = await self._establish()
         except TunnelError as exc:
@@ -167,17 +171,24 @@ class TunnelKeeper:
             if isinstance(exc, AuthenticationError):
                 self.state = TunnelState.AUTH_FAILED
                 log.error("%s", exc)
+            else:
+                self.state = TunnelState.CONNECTING
             return
         self._conn = conn
         self.state = TunnelState.CONNECTED
         self.connected_since = time.time()
         self.last_error = ""
-        self._backoff.reset()
         self._up.set()
         log.info("tunnel up: connected to %s", self.address)
         reason = await asyncio.shield(conn.closed)
         self._up.clear()
+        self.state = TunnelState.CONNECTING
         self.connected_since = None
+        if conn.refused_by_peer:
+            # Turned away (too many tunnels...): a failure like any other; backoff grows.
+            self.last_error = f"the server refused the tunnel ({reason})"
+            return
+        self._backoff.reset()  # it was a good connection: start over from the shortest wait
         self.last_error = f"connection lost ({reason})"
 
     async def _establish(self) -> TunnelConnection:
@@ -215,12 +226,13 @@ class TunnelKeeper:
                 f"cannot verify the server certificate of {self.address} "
                 f"(as {self.server_name}): {exc.verify_message}"
             ) from exc
+        except TimeoutError as exc:  # before OSError, of which it is a subclass
+            raise HandshakeError(
+                f"connecting to {self.address} timed out after {self._handshake_timeout:g} s "
+                "(handshake_timeout)"
+            ) from exc
         except (ssl.SSLError, ConnectionError, OSError) as exc:
             raise HandshakeError(f"cannot connect to {self.address}: {exc}") from exc
-        except TimeoutError as exc:
-            raise HandshakeError(
-                f"connecting to {self.address} timed out after {self._handshake_timeout:g} s"
-            ) from exc
         return await self._await_first_word(conn)
 
     async def _await_first_word(self, conn: TunnelConnection) -> TunnelConnection:
