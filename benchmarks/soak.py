@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -35,10 +36,20 @@ def show(sample: Sample) -> None:
 
 
 async def main(minutes: float, tunnels: int, every: float) -> int:
+    # SIGTERM and SIGINT (even when ignored, as for background jobs) end the soak
+    # cleanly: the agent and server processes are stopped on the way out.
+    task = asyncio.current_task()
+    assert task is not None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
     with tempfile.TemporaryDirectory(prefix="fluidity-soak-") as tmp:
         work = Path(tmp)
         pki = ensure_quickstart_pki(work / "pki")
-        report = await run_soak(pki, work, minutes * 60, tunnels, every, on_sample=show)
+        try:
+            report = await run_soak(pki, work, minutes * 60, tunnels, every, on_sample=show)
+        except asyncio.CancelledError:
+            print("soak interrupted: agent and server stopped")
+            return 130
     print(report.summary())
     problems = report.problems(FD_TOLERANCE, RSS_GROWTH_LIMIT)
     for problem in problems:

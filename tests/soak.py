@@ -2,9 +2,9 @@
 
 ``run_soak`` starts ``fluidity server`` and ``fluidity agent`` as processes and
 an echo origin here, then keeps ``tunnels`` CONNECT tunnels open at all times
-for ``seconds``: each tunnel makes a few echo round trips of random sizes (the
-echo is checked), pauses between them like an idle browser connection, and
-ends, one time in four by a client reset (RST), otherwise by a clean
+for ``seconds``: each tunnel makes 2 to 8 echo round trips of 1 byte to 16 KiB
+(the echo is checked), pausing 0.2 to 2 s between them like a browser
+connection, and ends, one time in four by a client reset (RST), otherwise by a clean
 half-close; a new tunnel takes its place at once.
 
 Every ``sample_every`` seconds the open file descriptors and resident memory
@@ -191,14 +191,14 @@ async def _one_tunnel(
             if not head.startswith(b"HTTP/1.1 200"):
                 counters.errors.append(f"CONNECT answered {head[:60]!r}")
                 return
-            for _ in range(rng.randint(1, 6)):
+            for _ in range(rng.randint(2, 8)):
                 payload = rng.randbytes(rng.randint(1, 16384))
                 writer.write(payload)
                 if await reader.readexactly(len(payload)) != payload:
                     counters.errors.append("an echo came back different")
                     return
                 counters.round_trips += 1
-                await asyncio.sleep(rng.uniform(0.0, 1.0))  # pacing: an idle-ish tunnel
+                await asyncio.sleep(rng.uniform(0.2, 2.0))  # pacing: an idle-ish tunnel
             if rng.random() < 0.25:
                 sock = writer.get_extra_info("socket")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

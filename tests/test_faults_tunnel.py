@@ -186,3 +186,36 @@ async def test_latency_50_ms_and_2_mb_per_s_carry_1_mib_intact_without_false_kee
         assert outcome.intact(MIB), outcome
         assert took >= MIB / 2_000_000  # the bandwidth limit was applied
         assert ft.proxy.accepted == 1
+
+
+async def test_a_draining_server_sends_new_streams_to_a_new_tunnel_while_old_ones_finish(
+    pki: QuickstartPKI, origin: RecordingOrigin
+) -> None:
+    """A rolling restart behind a load balancer (the fault proxy, switched to server B):
+    server A drains with an 8 MiB transfer held half-way. A new request is refused by A
+    (REFUSED_STREAM), the agent opens a new tunnel at once, lands on B and is answered
+    there, while A's transfer finishes intact on the old tunnel."""
+    async with gated_origin() as gated, faulty_tunnel(pki) as ft:
+        replacement = Server(make_server_config(pki))
+        await replacement.start()
+        assert replacement.address is not None
+        try:
+            started = asyncio.Event()
+            path = f"/bytes/{8 * MIB}?pause={4 * MIB}"
+            held = asyncio.create_task(http_request(ft.port, gated.url + path, started=started))
+            await gated.wait_until(lambda o: o.paused == 1, within=10)
+            await asyncio.wait_for(started.wait(), 10)
+            ft.proxy.target_port = replacement.address[1]  # the balancer's new choice
+            draining = asyncio.create_task(ft.server.shutdown(drain_timeout=20))
+            await wait_for(lambda: ft.server._draining, within=5)
+
+            fresh = await asyncio.wait_for(http_request(ft.port, f"{origin.url}/bytes/1000"), 10)
+            assert fresh.intact(1000), fresh
+            assert ft.proxy.accepted == 2
+            assert replacement.activity().active_connections == 1
+
+            gated.release()
+            assert (await asyncio.wait_for(held, 20)).intact(8 * MIB)
+            await asyncio.wait_for(draining, 20)
+        finally:
+            await replacement.shutdown(drain_timeout=1.0)

@@ -13,6 +13,12 @@ failure naming our certificate.
 
 Client requests wait for the tunnel (``connect_wait``) instead of failing
 the moment it blinks.
+
+A draining server (shutting down) refuses new streams with REFUSED_STREAM
+while its open ones finish. The first refusal retires the connection: the
+keeper connects again at once -- behind a load balancer, most likely to a
+server that is not going away -- and the retired connection carries its
+streams to their end.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
+from typing import Any
 
 from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
 from fluidity.errors import (
@@ -84,6 +91,8 @@ class TunnelKeeper:
         self._connector = connector
         self._conn: TunnelConnection | None = None
         self._up = asyncio.Event()
+        self._draining = asyncio.Event()  # the current connection refused a stream
+        self._retired: set[TunnelConnection] = set()  # draining, still carrying streams
         self.state = TunnelState.CONNECTING
         self.last_error = ""
         self.reconnects = 0
@@ -115,8 +124,9 @@ class TunnelKeeper:
         finally:
             self.state = TunnelState.STOPPED
             self._up.clear()
-            if self._conn is not None:
-                self._conn.close("agent stopping")
+            for conn in [self._conn, *self._retired]:
+                if conn is not None:
+                    conn.close("agent stopping")
 
     async def wait_ready(self, within: float) -> TunnelConnection:
         """The usable connection, waiting up to ``within`` seconds for one."""
@@ -156,6 +166,8 @@ class TunnelKeeper:
             except (TunnelClosed, StreamUnprocessed) as exc:
                 conn.goaway_received = True  # stop using it for new streams
                 self._up.clear()
+                if isinstance(exc, StreamUnprocessed) and conn is self._conn:
+                    self._draining.set()
                 refused = exc
 
     async def _connect_once(self) -> None:
@@ -180,16 +192,43 @@ class TunnelKeeper:
         self.last_error = ""
         self._up.set()
         log.info("tunnel up: connected to %s", self.address)
-        reason = await asyncio.shield(conn.closed)
+        drained = await self._until_closed_or_draining(conn)
         self._up.clear()
         self.state = TunnelState.CONNECTING
         self.connected_since = None
+        if drained:
+            self._retire(conn)
+            self._backoff.reset()
+            self.last_error = "the server is draining (shutting down)"
+            return
+        reason = conn.closed.result()
         if conn.refused_by_peer:
             # Turned away (too many tunnels...): a failure like any other; backoff grows.
             self.last_error = f"the server refused the tunnel ({reason})"
             return
         self._backoff.reset()  # it was a good connection: start over from the shortest wait
         self.last_error = f"connection lost ({reason})"
+
+    async def _until_closed_or_draining(self, conn: TunnelConnection) -> bool:
+        """Wait until ``conn`` closes (False) or refuses a stream as it drains (True)."""
+        self._draining.clear()
+        draining = asyncio.ensure_future(self._draining.wait())
+        try:
+            either: list[asyncio.Future[Any]] = [conn.closed, draining]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            draining.cancel()
+        return not conn.closed.done()
+
+    def _retire(self, conn: TunnelConnection) -> None:
+        """Leave a draining connection to finish its streams; forget it once closed."""
+        log.info(
+            "server %s is draining: %d streams finish on the old tunnel, new ones go on a new one",
+            self.address,
+            conn.active_streams,
+        )
+        self._retired.add(conn)
+        conn.closed.add_done_callback(lambda _: self._retired.discard(conn))
 
     async def _establish(self) -> TunnelConnection:
         loop = asyncio.get_running_loop()
