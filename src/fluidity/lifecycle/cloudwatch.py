@@ -57,13 +57,24 @@ class Activity:
     last_activity: float
 
 
+class ActivityLike(Protocol):
+    """Anything with :class:`Activity`'s three read-only fields (e.g. the server's own)."""
+
+    @property
+    def active_connections(self) -> int: ...
+    @property
+    def active_streams(self) -> int: ...
+    @property
+    def last_activity(self) -> float: ...
+
+
 class MetricSink(Protocol):
     """Where metric data goes: ``PutMetricData`` in production, a list in a test."""
 
     def put(self, namespace: str, data: Sequence[Mapping[str, Any]]) -> None: ...
 
 
-def metric_data(service: str, activity: Activity) -> list[dict[str, Any]]:
+def metric_data(service: str, activity: ActivityLike) -> list[dict[str, Any]]:
     """The three CloudWatch metric datums for one snapshot (pure)."""
     dimensions = [{"Name": "ServiceName", "Value": service}]
     return [
@@ -100,7 +111,7 @@ class MetricsPublisher:
         self.published = 0
         self.failed = 0
 
-    async def run(self, activity: Callable[[], Activity]) -> None:
+    async def run(self, activity: Callable[[], ActivityLike]) -> None:
         """Publish now, then every interval; returns only by cancellation.
 
         Raises :class:`ConfigError` at once if the default sink cannot be made
@@ -116,7 +127,7 @@ class MetricsPublisher:
             await self.publish(sink, activity())
             await asyncio.sleep(self.config.interval)
 
-    async def publish(self, sink: MetricSink, snapshot: Activity) -> bool:
+    async def publish(self, sink: MetricSink, snapshot: ActivityLike) -> bool:
         """Send one snapshot; log and count a failure instead of raising it."""
         data = metric_data(self.config.service, snapshot)
         try:
