@@ -46,7 +46,7 @@ def test_the_publisher_without_boto3_is_a_config_error_naming_the_extra() -> Non
         from fluidity.errors import ConfigError
         from fluidity.lifecycle.cloudwatch import Activity, CloudWatchConfig, MetricsPublisher
 
-        publisher = MetricsPublisher(CloudWatchConfig("fluidity-server"))
+        publisher = MetricsPublisher(CloudWatchConfig("fluidity-server", method="api"))
         try:
             asyncio.run(publisher.run(lambda: Activity(0, 0, 0.0)))
         except ConfigError as exc:

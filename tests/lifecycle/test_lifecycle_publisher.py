@@ -77,7 +77,9 @@ async def test_run_publishes_every_interval_with_the_default_sink(fargate: Farga
         snapshots.put_nowait(snapshot)
         return snapshot
 
-    publisher = MetricsPublisher(CloudWatchConfig(SERVICE, interval=0.001, region=REGION))
+    publisher = MetricsPublisher(
+        CloudWatchConfig(SERVICE, interval=0.001, region=REGION, method="api")
+    )
     task = asyncio.create_task(publisher.run(activity))
     # the third snapshot is taken only after the first two were published
     for _ in range(3):

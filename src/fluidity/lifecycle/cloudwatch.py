@@ -18,10 +18,13 @@ publish is logged and the loop goes on: metrics are best effort, the tunnel is n
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TextIO
 
 from fluidity.errors import ConfigError, FluidityError, LifecycleError
 
@@ -34,12 +37,18 @@ class CloudWatchConfig:
 
     ``service`` is the ECS service name (the ``ServiceName`` dimension the control
     plane filters on); ``region`` defaults to the standard AWS region chain.
+    ``method`` ``emf`` (the default) writes CloudWatch Embedded Metric Format lines
+    to standard output, which the awslogs driver of an ECS task turns into the
+    same metrics with no AWS SDK and no credentials in the container; ``api``
+    calls ``PutMetricData`` with boto3 (``fluidity[aws]``), for servers whose
+    output does not go to CloudWatch Logs.
     """
 
     service: str
     namespace: str = "Fluidity"
     interval: float = 60.0
     region: str | None = None
+    method: Literal["emf", "api"] = "emf"
 
     def __post_init__(self) -> None:
         if not self.service:
@@ -99,6 +108,42 @@ def metric_data(service: str, activity: ActivityLike) -> list[dict[str, Any]]:
     ]
 
 
+class EmfSink:
+    """Writes each snapshot as one CloudWatch Embedded Metric Format JSON line."""
+
+    def __init__(
+        self, stream: TextIO | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._stream = stream
+        self._clock = clock
+
+    def put(self, namespace: str, data: Sequence[Mapping[str, Any]]) -> None:
+        stream = self._stream or sys.stdout
+        stream.write(json.dumps(emf_document(namespace, data, self._clock())) + "\n")
+        stream.flush()
+
+
+def emf_document(namespace: str, data: Sequence[Mapping[str, Any]], now: float) -> dict[str, Any]:
+    """The EMF form of ``metric_data`` (pure): one document, one value per metric."""
+    dimensions = {d["Name"]: d["Value"] for datum in data for d in datum["Dimensions"]}
+    document: dict[str, Any] = {
+        "_aws": {
+            "Timestamp": int(now * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": namespace,
+                    "Dimensions": [sorted(dimensions)],
+                    "Metrics": [{"Name": d["MetricName"], "Unit": d["Unit"]} for d in data],
+                }
+            ],
+        },
+        **dimensions,
+    }
+    for datum in data:
+        document[datum["MetricName"]] = datum["Value"]
+    return document
+
+
 class MetricsPublisher:
     """Publishes :class:`Activity` snapshots every ``config.interval`` seconds until cancelled.
 
@@ -121,6 +166,8 @@ class MetricsPublisher:
         finishes its one HTTPS call on its own and its result is dropped.
         """
         sink = self._sink
+        if sink is None and self.config.method == "emf":
+            sink = EmfSink()
         if sink is None:
             sink = await asyncio.to_thread(self._default_sink)
         while True:
