@@ -46,8 +46,8 @@ from fluidity.proxyauth import (
 
 __all__ = [
     "Credentials",
-    "UpstreamProxyConfig",
     "PathWriter",
+    "UpstreamProxyConfig",
     "UpstreamProxyError",
     "describe_os_error",
     "open_connection",
