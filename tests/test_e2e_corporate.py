@@ -9,6 +9,7 @@ first.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -94,7 +95,8 @@ async def closing() -> AsyncIterator[list[Tunnel]]:
 async def test_the_tunnel_runs_through_squid_with_basic(
     pki: QuickstartPKI, squid_basic: Squid, origin: RecordingOrigin, closing: list[Tunnel]
 ) -> None:
-    proxy = UpstreamProxyConfig(squid_basic.url, username="alice", password="s3cret")
+    # The credentials ride in the URL this time; the status page masks the password.
+    proxy = UpstreamProxyConfig(f"http://alice:s3cret@127.0.0.1:{squid_basic.port}")
     tunnel = await start_tunnel(pki, upstream_proxy=proxy)
     closing.append(tunnel)
     conn = tunnel.agent.keeper.connection
@@ -103,6 +105,10 @@ async def test_the_tunnel_runs_through_squid_with_basic(
     code, out, err = await curl("-x", tunnel.proxy, f"{origin.url}/through-squid")
     assert (code, out) == (0, b"hello"), err
     assert origin.heads[-1].startswith(b"GET /through-squid HTTP/1.1\r\n")
+    code, out, err = await curl(f"http://127.0.0.1:{tunnel.proxy_port}/fluidity/status")
+    status = json.loads(out)
+    assert status["upstream_proxy"] == f"http://alice:***@127.0.0.1:{squid_basic.port}"
+    assert status["state"] == "connected"
 
     server_port = tunnel.server.address[1] if tunnel.server.address else 0
     await tunnel.close()
@@ -233,8 +239,8 @@ async def test_the_fluidity_agent_program_through_squid(
     code, out, err = await curl("--socks5-hostname", f"127.0.0.1:{agent.port}", origin.url)
     assert (code, out) == (0, b"hello"), err
 
-    agent.popen.terminate()
-    assert agent.popen.wait(timeout=WAIT) == 0, agent.log()
+    agent.popen.terminate()  # it drains: the origin, in this loop, must keep running
+    assert await asyncio.to_thread(agent.popen.wait, WAIT) == 0, agent.log()
     needles = (f"CONNECT 127.0.0.1:{server.port}", "TCP_TUNNEL/200", " alice ")
     await wait_for("squid's log of the agent's tunnel", lambda: log_lines(squid_basic, *needles))
 
