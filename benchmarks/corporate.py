@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import sys
 import tempfile
@@ -103,4 +104,5 @@ if __name__ == "__main__":
     parser.add_argument("--mib", type=int, default=256, help="bytes to download per row, MiB")
     parser.add_argument("--connects", type=int, default=10, help="tunnel reconnects to time")
     options = parser.parse_args()
+    logging.getLogger("fluidity").setLevel(logging.ERROR)  # the reconnects are on purpose
     asyncio.run(main(options.mib, options.connects))
