@@ -1,11 +1,15 @@
-"""One local client connection of the agent: a socket, a session, a tunnel stream.
+"""One local client connection of the agent: a socket, a session, an upstream.
 
 ``ClientConnection`` is the asyncio protocol of a socket accepted on the
-agent's port. Everything HTTP lives in the sans-I/O ``ClientSession``; this
-class only moves bytes in and out of it and carries out the events it emits.
-The single task it ever starts is the one that opens a tunnel stream (that
-waits for the server); while it runs the client is not read, so the session
-never buffers more than one read.
+agent's port. Everything HTTP or SOCKS5 lives in the sans-I/O session (a
+``FirstByteSession`` choosing ``ClientSession`` or ``SocksRelay``); this class
+only moves bytes in and out of it and carries out the events it emits.
+
+An upstream is a tunnel stream, or, for a host on the ``direct:`` list, a
+``DirectStream``: the agent's own connection, with the same interface. The
+single task it ever starts is the one that opens an upstream (that waits for
+the server or the target); while it runs the client is not read, so the
+session never buffers more than one read.
 
 Failures are never silent. A tunnel stream that cannot be had answers 503
 (no tunnel within ``connect_wait``, or the server's stream limit) or 502; one
@@ -14,26 +18,29 @@ request sent in full is replayed once on the next tunnel when the whole tunnel
 died; one that breaks later resets the client connection (TCP RST), so a
 close-delimited body or a CONNECT stream cannot pass for complete.
 
-``head_timeout`` bounds every wait for a request head: the first, and each
-next one on a kept-alive connection, which is closed once idle that long.
+``head_timeout`` bounds every wait for a request head (or a SOCKS5
+handshake): the first, and each next one on a kept-alive connection, which is
+closed once idle that long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
-from fluidity.connection import TunnelStream, reset_transport, set_tcp_keepalive
+from fluidity.agent.direct import DirectStream
+from fluidity.connection import reset_transport, set_tcp_keepalive
 from fluidity.errors import (
+    PathError,
     StreamError,
     StreamRefused,
     TooManyStreams,
     TunnelError,
     TunnelUnavailable,
 )
+from fluidity.protocol.dispatch import DriverSession
 from fluidity.protocol.proxy import (
-    ClientSession,
     CloseClient,
     CloseUpstream,
     EndClient,
@@ -41,7 +48,6 @@ from fluidity.protocol.proxy import (
     OpenUpstream,
     SendClient,
     SendUpstream,
-    State,
 )
 
 if TYPE_CHECKING:
@@ -50,14 +56,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ClientConnection(asyncio.Protocol):
-    """Drives a ``ClientSession`` between a local socket and tunnel streams."""
+class Upstream(Protocol):
+    """What a client connection holds: a ``TunnelStream`` or a ``DirectStream``."""
 
-    def __init__(self, agent: Agent, session: ClientSession) -> None:
+    def write(self, data: bytes) -> bool: ...
+
+    def write_eof(self) -> None: ...
+
+    def acknowledge(self, size: int) -> None: ...
+
+    def abort(self) -> None: ...
+
+    @property
+    def tunnel_alive(self) -> bool: ...
+
+
+class ClientConnection(asyncio.Protocol):
+    """Drives a session between a local socket and its upstreams."""
+
+    def __init__(self, agent: Agent, session: DriverSession) -> None:
         self.agent = agent
         self.session = session
         self.transport: asyncio.Transport | None = None
-        self.stream: TunnelStream | None = None
+        self.stream: Upstream | None = None
         self.kind = "idle"
         self._opening: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
@@ -166,20 +187,31 @@ class ClientConnection(asyncio.Protocol):
         self._sync_head_timer()
 
     async def _open(self, host: str, port: int) -> None:
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            self.stream = await self.agent.keeper.open_stream(authority, self)
+            stream = await self._connect(host, port)
         except StreamRefused as exc:
             self.session.upstream_failed(exc.status, exc.reason)
-        except (TunnelUnavailable, TooManyStreams) as exc:
-            self.session.upstream_failed(503, str(exc))
+        except (TunnelUnavailable, TooManyStreams, PathError) as exc:
+            status = exc.status if isinstance(exc, PathError) else 503
+            self.session.upstream_failed(status, str(exc))
         except (StreamError, TunnelError) as exc:
             self.session.upstream_failed(502, str(exc))
         else:
+            self.stream = stream
             self.session.upstream_opened()
         finally:
             self._opening = None
         self._pump()
+        if isinstance(self.stream, DirectStream) and self.stream.handler is None:
+            self.stream.start(self)  # the client has its answer: now the target's bytes
+
+    async def _connect(self, host: str, port: int) -> Upstream:
+        """A tunnel stream to ``host:port``, or a direct connection if it is on ``direct:``."""
+        if self.agent.routing.route(host) == "direct":
+            self.kind = "direct"
+            return await self.agent.open_direct(host, port)
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return await self.agent.keeper.open_stream(authority, self)
 
     def _close_client(self, abort: bool) -> None:
         if self.transport is None or self._closed:
@@ -203,12 +235,12 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _sync_head_timer(self) -> None:
-        """Time the wait for a request head whenever the session waits for one (IDLE).
+        """Time the wait for a request head whenever the session waits for one (idle).
 
         Armed once per wait, never extended by trickling bytes: a client
         sending one byte a second still runs out of time.
         """
-        waiting = self.session.state is State.IDLE and not self._closed
+        waiting = self.session.idle and not self._closed
         if not waiting:
             self._cancel_head_timer()
         elif self._head_timer is None:
@@ -228,9 +260,8 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def busy(self) -> bool:
-        """In the middle of an exchange: opening a stream, forwarding, or a tunnel."""
-        busy_states = (State.OPENING, State.FORWARDING, State.RAW)
-        return self._opening is not None or self.session.state in busy_states
+        """In the middle of an exchange: opening an upstream, forwarding, or a tunnel."""
+        return self._opening is not None or not (self.session.idle or self._closed)
 
     def close_idle(self) -> None:
         """Close a connection between requests (shutdown): an orderly close, no reset."""
@@ -238,7 +269,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def close(self) -> None:
-        """Reset the connection and its stream (shutdown deadline passed)."""
+        """Reset the connection and its upstream (shutdown deadline passed)."""
         if self.stream is not None:
             self.stream.abort()
         if self.transport is not None and not self._closed:

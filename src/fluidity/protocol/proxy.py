@@ -126,6 +126,11 @@ class ClientSession:
         return self._state
 
     @property
+    def idle(self) -> bool:
+        """Waiting for a request head (IDLE): nothing is under way on the connection."""
+        return self._state is State.IDLE
+
+    @property
     def response_started(self) -> bool:
         """Whether a response byte of the current exchange went to the client."""
         return self._exchange is not None and self._exchange.response_started
