@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 from fluidity.connection import TunnelStream, set_tcp_keepalive
 from fluidity.errors import StreamError, StreamRefused, TunnelError, TunnelUnavailable
+from fluidity.metrics import target_error_kind
 from fluidity.protocol.proxy import (
     ClientSession,
     CloseClient,
@@ -151,19 +152,27 @@ class ClientConnection(asyncio.Protocol):
 
     async def _open(self, host: str, port: int) -> None:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        metrics = self.agent.metrics
+        started = asyncio.get_running_loop().time()
         try:
             self.stream = await self.agent.keeper.open_stream(authority, self)
         except StreamRefused as exc:
-            self.session.upstream_failed(exc.status, exc.reason)
+            self._failed(exc.status, exc.reason, target_error_kind(exc.status), started)
         except TunnelUnavailable as exc:
-            self.session.upstream_failed(503, str(exc))
+            self._failed(503, str(exc), "no_tunnel", started)
         except (StreamError, TunnelError) as exc:
-            self.session.upstream_failed(502, str(exc))
+            self._failed(502, str(exc), "tunnel_error", started)
         else:
+            metrics.stream_opened(self.kind, asyncio.get_running_loop().time() - started)
             self.session.upstream_opened()
         finally:
             self._opening = None
         self._pump()
+
+    def _failed(self, status: int, reason: str, kind: str, started: float) -> None:
+        elapsed = asyncio.get_running_loop().time() - started
+        self.agent.metrics.stream_refused(kind, status, elapsed)
+        self.session.upstream_failed(status, reason)
 
     def _close_client(self, abort: bool) -> None:
         if self.transport is None or self._closed:

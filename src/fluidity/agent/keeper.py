@@ -34,8 +34,10 @@ from fluidity.errors import (
     TunnelError,
     TunnelUnavailable,
 )
+from fluidity.metrics import Metrics
 from fluidity.protocol.retry import Backoff
 from fluidity.protocol.tunnel import Side
+from fluidity.tls import handshake_failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class TunnelKeeper:
         connect_wait: float = 10.0,
         backoff: Backoff | None = None,
         connector: Connector | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -85,6 +88,23 @@ class TunnelKeeper:
         self.last_error = ""
         self.reconnects = 0
         self.connected_since: float | None = None
+        self.metrics = metrics or Metrics("agent")
+        # Payload bytes of the connections that are gone, so totals survive reconnects.
+        self.closed_bytes_in = 0
+        self.closed_bytes_out = 0
+        self._started: float | None = None  # loop time of run(); None once the tunnel was up
+
+    @property
+    def bytes_in(self) -> int:
+        """Stream payload bytes received over every connection since the keeper started."""
+        conn = self._conn
+        return self.closed_bytes_in + (conn.bytes_in if conn is not None else 0)
+
+    @property
+    def bytes_out(self) -> int:
+        """Stream payload bytes sent over every connection since the keeper started."""
+        conn = self._conn
+        return self.closed_bytes_out + (conn.bytes_out if conn is not None else 0)
 
     @property
     def address(self) -> str:
@@ -96,6 +116,8 @@ class TunnelKeeper:
 
     async def run(self) -> None:
         """Connect, and reconnect after every loss, until cancelled."""
+        self._started = asyncio.get_running_loop().time()
+        log.info("waiting for the tunnel to server %s…", self.address)
         try:
             while True:
                 await self._connect_once()
@@ -109,6 +131,7 @@ class TunnelKeeper:
                 )
                 await asyncio.sleep(delay)
                 self.reconnects += 1
+                self.metrics.reconnecting()
         finally:
             self.state = TunnelState.STOPPED
             self._up.clear()
@@ -158,6 +181,8 @@ class TunnelKeeper:
             conn = await self._establish()
         except TunnelError as exc:
             self.last_error = str(exc)
+            reason = exc.reason if isinstance(exc, HandshakeError) else "upstream_proxy"
+            self.metrics.handshake_failed(reason)
             if isinstance(exc, AuthenticationError):
                 self.state = TunnelState.AUTH_FAILED
                 log.error("%s", exc)
@@ -167,12 +192,25 @@ class TunnelKeeper:
         self.connected_since = time.time()
         self.last_error = ""
         self._backoff.reset()
+        self.metrics.connection_made()
         self._up.set()
-        log.info("tunnel up: connected to %s", self.address)
+        self._report_up()
         reason = await asyncio.shield(conn.closed)
         self._up.clear()
+        self.closed_bytes_in += conn.bytes_in
+        self.closed_bytes_out += conn.bytes_out
+        self._conn = None
         self.connected_since = None
         self.last_error = f"connection lost ({reason})"
+
+    def _report_up(self) -> None:
+        """'tunnel up after 0.4 s' the first time, for the person waiting at start."""
+        if self._started is None:
+            log.info("tunnel up: connected to %s", self.address)
+            return
+        waited = asyncio.get_running_loop().time() - self._started
+        self._started = None
+        log.info("tunnel up after %.1f s: connected to %s", waited, self.address)
 
     async def _establish(self) -> TunnelConnection:
         loop = asyncio.get_running_loop()
@@ -206,13 +244,21 @@ class TunnelKeeper:
         except ssl.SSLCertVerificationError as exc:
             raise HandshakeError(
                 f"cannot verify the server certificate of {self.address} "
-                f"(as {self.server_name}): {exc.verify_message}"
+                f"(as {self.server_name}): {exc.verify_message}",
+                handshake_failure_reason(exc),
             ) from exc
-        except (ssl.SSLError, ConnectionError, OSError) as exc:
-            raise HandshakeError(f"cannot connect to {self.address}: {exc}") from exc
+        except ssl.SSLError as exc:
+            raise HandshakeError(
+                f"TLS with {self.address} failed: {exc}", handshake_failure_reason(exc)
+            ) from exc
+        except (ConnectionError, OSError) as exc:
+            raise HandshakeError(
+                f"cannot connect to {self.address}: {exc}", "connect_failed"
+            ) from exc
         except TimeoutError as exc:
             raise HandshakeError(
-                f"connecting to {self.address} timed out after {self._handshake_timeout:g} s"
+                f"connecting to {self.address} timed out after {self._handshake_timeout:g} s",
+                "timeout",
             ) from exc
         return await self._await_first_word(conn)
 
@@ -229,5 +275,7 @@ class TunnelKeeper:
             ) from exc
         except TimeoutError as exc:
             conn.close_now("no HTTP/2 preface")
-            raise HandshakeError(f"server {self.address} did not speak HTTP/2 in time") from exc
+            raise HandshakeError(
+                f"server {self.address} did not speak HTTP/2 in time", "no_http2"
+            ) from exc
         return conn

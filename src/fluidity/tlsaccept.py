@@ -1,0 +1,117 @@
+"""Accepting TLS connections so that a failed handshake is seen, with its reason.
+
+``loop.create_server(ssl=...)`` hides failed handshakes: the protocol is
+never told, and asyncio logs them only in debug mode. The server needs them
+(an operator wants to know that a revoked agent keeps knocking, and metrics
+count them by reason), so it listens on plain TCP and upgrades each
+connection itself with ``loop.start_tls``, which raises the handshake's
+error where we can catch it.
+
+One subtlety shapes ``TLSAcceptor``: ``start_tls`` does not call the new
+protocol's ``connection_made``, and the TLS layer delivers the application
+bytes that arrived with the client's last handshake flight (an HTTP/2 client
+sends its preface at once) before the awaiting coroutine resumes. So the
+acceptor is itself the protocol ``start_tls`` talks to: it holds what arrives
+until the real protocol is connected, then hands over the transport, the
+held bytes and any end of stream, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import cast
+
+from fluidity.tls import handshake_failure_reason
+
+# Called once the handshake is done: the protocol that takes the connection over.
+ProtocolFactory = Callable[[], asyncio.Protocol]
+# Called when it fails: the peer ("host:port"), a reason label and the error.
+FailureCallback = Callable[[str, str, BaseException], None]
+
+
+class TLSAcceptor(asyncio.Protocol):
+    """The protocol of one accepted TCP connection until its TLS handshake is done."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        timeout: float,
+        factory: ProtocolFactory,
+        on_failure: FailureCallback,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        self._context = context
+        self._timeout = timeout
+        self._factory = factory
+        self._on_failure = on_failure
+        self._tasks = tasks
+        self._app: asyncio.Protocol | None = None
+        self._held = bytearray()
+        self._eof = False
+        self._lost: tuple[Exception | None] | None = None
+
+    # -- as the TCP connection's protocol, before the handshake ----------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tcp = cast(asyncio.Transport, transport)
+        tcp.pause_reading()  # the ClientHello is for start_tls to read
+        task = asyncio.get_running_loop().create_task(self._handshake(tcp))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, tcp: asyncio.Transport) -> None:
+        peer = _peer(tcp)
+        loop = asyncio.get_running_loop()
+        if self._lost is not None or tcp.is_closing():
+            self._on_failure(peer, "connection_lost", ConnectionResetError("closed before TLS"))
+            return
+        try:
+            # Our own deadline comes first, so a slow handshake is a TimeoutError here.
+            async with asyncio.timeout(self._timeout):
+                tls = await loop.start_tls(
+                    tcp,
+                    self,
+                    self._context,
+                    server_side=True,
+                    ssl_handshake_timeout=self._timeout + 5,
+                )
+        except (OSError, TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
+            tcp.abort()
+            self._on_failure(peer, handshake_failure_reason(exc), exc)
+            return
+        if tls is None or self._lost is not None:
+            return  # gone right after the handshake: nothing to serve
+        self._hand_over(tls)
+
+    def _hand_over(self, tls: asyncio.Transport) -> None:
+        app = self._factory()
+        self._app = app
+        tls.set_protocol(app)
+        app.connection_made(tls)
+        if self._held:
+            held, self._held = bytes(self._held), bytearray()
+            app.data_received(held)
+        if self._eof and not app.eof_received():
+            tls.close()
+
+    # -- as the TLS transport's protocol, until the hand-over ---------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._held += data  # at most what came with the last handshake flight
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return True  # the real protocol decides, once connected
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = (exc,)
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if not peer:
+        return "unknown peer"
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
