@@ -48,6 +48,8 @@ class TLSAcceptor(asyncio.Protocol):
         self._on_failure = on_failure
         self._tasks = tasks
         self._app: asyncio.Protocol | None = None
+        self._tcp: asyncio.Transport | None = None
+        self._hello: bytearray | None = bytearray()  # None once start_tls has taken over
         self._held = bytearray()
         self._eof = False
         self._lost: tuple[Exception | None] | None = None
@@ -56,7 +58,8 @@ class TLSAcceptor(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tcp = cast(asyncio.Transport, transport)
-        tcp.pause_reading()  # the ClientHello is for start_tls to read
+        self._tcp = tcp
+        tcp.pause_reading()  # the ClientHello is for start_tls (asyncio honours this; uvloop not)
         task = asyncio.get_running_loop().create_task(self._handshake(tcp))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -67,19 +70,19 @@ class TLSAcceptor(asyncio.Protocol):
         if self._lost is not None or tcp.is_closing():
             self._on_failure(peer, "connection_lost", ConnectionResetError("closed before TLS"))
             return
+        upgrade = loop.create_task(
+            loop.start_tls(
+                tcp, self, self._context, server_side=True, ssl_handshake_timeout=self._timeout + 5
+            )
+        )
+        loop.call_soon(self._replay_hello, tcp)  # right after start_tls installs its protocol
         try:
             # Our own deadline comes first, so a slow handshake is a TimeoutError here.
             async with asyncio.timeout(self._timeout):
-                tls = await loop.start_tls(
-                    tcp,
-                    self,
-                    self._context,
-                    server_side=True,
-                    ssl_handshake_timeout=self._timeout + 5,
-                )
+                tls = await upgrade
         except (OSError, TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
-            tcp.abort()
             self._on_failure(peer, handshake_failure_reason(exc), exc)
+            tcp.abort()
             return
         if tls is None or self._lost is not None:
             return  # gone right after the handshake: nothing to serve
@@ -96,17 +99,45 @@ class TLSAcceptor(asyncio.Protocol):
         if self._eof and not app.eof_received():
             tls.close()
 
-    # -- as the TLS transport's protocol, until the hand-over ---------------------
+    def _replay_hello(self, tcp: asyncio.Transport) -> None:
+        hello, self._hello = bytes(self._hello or b""), None
+        protocol = tcp.get_protocol()
+        if hello and protocol is not self:
+            _feed(protocol, hello)
+
+    # -- data: the ClientHello before start_tls, then application bytes until the hand-over
 
     def data_received(self, data: bytes) -> None:
-        self._held += data  # at most what came with the last handshake flight
+        if self._hello is not None:
+            self._hello += data
+            if self._tcp is not None:
+                self._tcp.pause_reading()  # one read is all a ClientHello needs
+        else:
+            self._held += data  # at most what came with the last handshake flight
 
     def eof_received(self) -> bool:
+        if self._hello is not None:
+            return False  # gone before TLS began: close
         self._eof = True
         return True  # the real protocol decides, once connected
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = (exc,)
+
+
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Deliver ``data`` to ``protocol`` as its transport would (buffered or not)."""
+    if not hasattr(protocol, "get_buffer"):
+        cast(asyncio.Protocol, protocol).data_received(data)
+        return
+    buffered = cast(asyncio.BufferedProtocol, protocol)  # uvloop's TLS protocol is no subclass
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(buffered.get_buffer(len(view)))
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        buffered.buffer_updated(size)
+        view = view[size:]
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:

@@ -120,7 +120,7 @@ class TunnelKeeper:
         log.info("waiting for the tunnel to server %s…", self.address)
         try:
             while True:
-                await self._connect_once()
+                await self.connect_once()
                 delay = self._backoff.next_delay()
                 log.warning(
                     "tunnel to %s: %s; reconnecting in %.1f s (attempt %d)",
@@ -175,7 +175,12 @@ class TunnelKeeper:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise TunnelUnavailable(f"tunnel to {self.address} unavailable: {exc}") from exc
 
-    async def _connect_once(self) -> None:
+    async def connect_once(self) -> None:
+        """One attempt: connect, then carry the connection until it is lost.
+
+        Returns when the attempt failed (``last_error`` says why, and the failure
+        is counted by reason) or the connection ended; ``run`` calls it in a loop.
+        """
         self.state = TunnelState.CONNECTING
         try:
             conn = await self._establish()
