@@ -21,6 +21,7 @@ transport reports to its protocol. Backpressure runs both ways:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -403,9 +404,12 @@ def set_tcp_keepalive(transport: asyncio.BaseTransport, idle: int = 30) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
     except OSError:
-        pass  # not a TCP socket (tests over socketpair): nothing to tune
+        return  # not a TCP socket (tests over socketpair): nothing to tune
+    # windows: each probe option exists on some systems only (Windows 10 1709+ has
+    # all three, older Windows and some BSDs lack some): set each one that exists.
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)

@@ -34,7 +34,7 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     if sys.platform == "win32" or os.environ.get("FLUIDITY_NO_UVLOOP"):
         return None
     try:
-        import uvloop
+        import uvloop  # windows: never reached there (above), and optional anywhere
     except ImportError:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
@@ -65,6 +65,7 @@ async def _with_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]])
         if signum is None:
             continue
         try:
+            # windows: the Proactor loop raises NotImplementedError: handled below
             loop.add_signal_handler(signum, on_signal, name)
             installed.append(signum)
         except (NotImplementedError, RuntimeError, ValueError):
@@ -73,7 +74,7 @@ async def _with_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]])
     try:
         return await main(stop)
     finally:
-        for signum in installed:
+        for signum in installed:  # windows: empty there (nothing was installed on the loop)
             loop.remove_signal_handler(signum)
         for signum, previous in replaced.items():
             signal.signal(signum, previous)

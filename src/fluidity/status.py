@@ -215,7 +215,7 @@ def run(
 
 
 def _refresh(target: StatusTarget, options: WatchOptions, out: TextIO) -> bool:
-    if not options.as_json and out.isatty():
+    if _clears_screen(options, out):
         out.write(CLEAR_SCREEN)
     try:
         _show(fetch_status(target), options, out)
@@ -226,12 +226,17 @@ def _refresh(target: StatusTarget, options: WatchOptions, out: TextIO) -> bool:
     return True
 
 
+def _clears_screen(options: WatchOptions, out: TextIO) -> bool:
+    # windows: its console shows ANSI escapes as text unless VT mode was turned on
+    return not options.as_json and sys.platform != "win32" and out.isatty()
+
+
 def _show(status: Status, options: WatchOptions, out: TextIO) -> None:
     if options.as_json:
         # One object per line while watching (JSON Lines); indented for a single look.
         text = json.dumps(status, sort_keys=True, indent=None if options.watch else 2)
     else:
         text = format_status(status)
-    if options.watch and not options.as_json and not out.isatty():
-        text += "\n"  # a blank line between refreshes in a log or a pipe
+    if options.watch and not options.as_json and not _clears_screen(options, out):
+        text += "\n"  # a blank line between refreshes in a log, a pipe, a Windows console
     print(text, file=out, flush=True)
