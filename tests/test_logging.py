@@ -153,3 +153,13 @@ async def test_an_agent_with_credentials_never_logs_them(
     if fmt == "json":
         for line in log.splitlines():
             json.loads(line)  # every line is a record
+
+
+def test_quickstart_says_it_is_making_certificates_the_first_time(tmp_path: Path) -> None:
+    first = run_cli("quickstart", "--self-test", "--dir", str(tmp_path / "state"))
+    assert first.returncode == 0, first.stderr
+    assert f"creating a private CA and certificates in {tmp_path / 'state'}…" in first.stderr
+    assert "certificates ready after " in first.stderr
+    again = run_cli("quickstart", "--self-test", "--dir", str(tmp_path / "state"))
+    assert again.returncode == 0, again.stderr
+    assert "creating a private CA" not in again.stderr

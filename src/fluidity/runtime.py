@@ -145,6 +145,10 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     # asyncio reports every failed TLS handshake from hostile clients at ERROR;
     # the server logs its own one-line reason instead.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL if level != "debug" else logging.DEBUG)
+    # The AWS SDK narrates at INFO ("Found credentials in environment variables"):
+    # ours to say what matters, theirs only when debugging.
+    for chatty in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
 
 
 def json_logging() -> bool:
