@@ -11,6 +11,7 @@ never buffers more than one read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, cast
 
@@ -144,8 +145,7 @@ class ClientConnection(asyncio.Protocol):
                         self.stream = None
                     self._retried = False
                 case EndClient():
-                    if self.transport is not None and self.transport.can_write_eof():
-                        self.transport.write_eof()
+                    self._end_client()
                 case CloseClient(abort):
                     self._close_client(abort)
         self._update_reading()
@@ -173,6 +173,16 @@ class ClientConnection(asyncio.Protocol):
         elapsed = asyncio.get_running_loop().time() - started
         self.agent.metrics.stream_refused(kind, status, elapsed)
         self.session.upstream_failed(status, reason)
+
+    def _end_client(self) -> None:
+        """Half-close towards the client; a client already gone is no error here
+        (``connection_lost`` tells the rest)."""
+        transport = self.transport
+        if transport is None or self._closed or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            with contextlib.suppress(OSError):
+                transport.write_eof()
 
     def _close_client(self, abort: bool) -> None:
         if self.transport is None or self._closed:
