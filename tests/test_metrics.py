@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -217,3 +218,21 @@ async def test_an_address_in_use_is_a_config_error_naming_the_key(measured: Tunn
         ConfigError, match=r"^metrics: cannot listen on 127\.0\.0\.1:\d+: .*metrics:"
     ):
         await clash.start()
+
+
+def test_every_metric_is_documented_in_the_readme_and_the_guide() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    guide = (root / "docs" / "observability.md").read_text()
+    agent, server = Metrics("agent"), Metrics("server")
+    agent.watch(lambda: snapshot(tunnel_state="connected", client_connections=0))
+    server.watch(lambda: snapshot(circuits={}))
+    names = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for metrics in (agent, server)
+        for family in metrics.registry.collect()
+    }
+    assert len(names) == 14, sorted(names)
+    for name in sorted(names):
+        assert f"`{name}" in readme, f"{name} is not in README.md"
+        assert f"`{name}`" in guide, f"{name} is not in docs/observability.md"
