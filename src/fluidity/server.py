@@ -24,6 +24,7 @@ from fluidity.config import ServerConfig
 from fluidity.connection import TunnelConnection
 from fluidity.dialer import Dialer, DialSettings
 from fluidity.errors import StreamError, TargetError
+from fluidity.lifecycle.cloudwatch import MetricsPublisher
 from fluidity.metrics import Metrics, Snapshot
 from fluidity.metricsserver import MetricsServer
 from fluidity.protocol.policy import TargetPolicy
@@ -73,6 +74,7 @@ class Server:
         self._splices: set[Splice] = set()
         self._last_activity = time.time()
         self._closed_bytes = (0, 0)  # (in, out) of connections gone, for monotonic counters
+        self._publisher: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
         self.metrics = Metrics("server")
         self.metrics.watch(self._snapshot)
@@ -91,6 +93,9 @@ class Server:
         )
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
+        if self.config.cloudwatch is not None:
+            publisher = MetricsPublisher(self.config.cloudwatch)
+            self._publisher = loop.create_task(publisher.run(self.activity), name="cloudwatch")
         log.info(
             "fluidity server listening on %s:%d (TLS 1.3, client certificates required)",
             *self.address,
@@ -107,6 +112,8 @@ class Server:
         """Stop accepting, let open streams finish up to the deadline, then close all."""
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
         started = time.monotonic()
+        if self._publisher is not None:
+            self._publisher.cancel()
         if self._listener is not None:
             self._listener.close()
         for task in list(self._handshakes):

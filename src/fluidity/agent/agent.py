@@ -13,7 +13,8 @@ from fluidity import __version__
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
 from fluidity.config import AgentConfig
-from fluidity.errors import ConfigError, ProxyProtocolError
+from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
+from fluidity.lifecycle.client import ControlPlaneClient
 from fluidity.metrics import Metrics, Snapshot
 from fluidity.metricsserver import MetricsServer
 from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
@@ -59,9 +60,14 @@ class Agent:
     async def start(self) -> None:
         """Start keeping the tunnel and listening; ``address`` holds the bound address.
 
+        With a ``lifecycle:`` section the cloud server is woken first, and the
+        tunnel goes to the address the control plane reports once it is ready.
         Raises ``ConfigError`` if the proxy or metrics address cannot be bound.
         """
         loop = asyncio.get_running_loop()
+        if self.config.lifecycle is not None:
+            control = ControlPlaneClient(self.config.lifecycle)
+            self.keeper.host = await control.wait_until_ready(progress=log.info)
         listen = self.config.listen
         try:
             # The default reuse_address is right on each platform: SO_REUSEADDR on
@@ -118,10 +124,22 @@ class Agent:
         if self._keeper_task is not None:
             self._keeper_task.cancel()
             await asyncio.gather(self._keeper_task, return_exceptions=True)
+        await self._kill_cloud_server()
         if self._listener is not None:
             await self._listener.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+
+    async def _kill_cloud_server(self) -> None:
+        lifecycle = self.config.lifecycle
+        if lifecycle is None or not lifecycle.kill_on_exit:
+            return
+        try:
+            status = await ControlPlaneClient(lifecycle).kill()
+        except (LifecycleError, ConfigError) as exc:
+            log.warning("could not stop the cloud server: %s", exc)
+        else:
+            log.info("asked the cloud server to stop: %s", status.status.value)
 
     def forget(self, client: ClientConnection) -> None:
         self.clients.discard(client)
