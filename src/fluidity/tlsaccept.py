@@ -47,12 +47,11 @@ class TLSAcceptor(asyncio.Protocol):
         self._factory = factory
         self._on_failure = on_failure
         self._tasks = tasks
-        self._app: asyncio.Protocol | None = None
         self._tcp: asyncio.Transport | None = None
         self._hello: bytearray | None = bytearray()  # None once start_tls has taken over
         self._held = bytearray()
         self._eof = False
-        self._lost: tuple[Exception | None] | None = None
+        self._gone = False  # connection_lost was called
 
     # -- as the TCP connection's protocol, before the handshake ----------------
 
@@ -67,7 +66,7 @@ class TLSAcceptor(asyncio.Protocol):
     async def _handshake(self, tcp: asyncio.Transport) -> None:
         peer = _peer(tcp)
         loop = asyncio.get_running_loop()
-        if self._lost is not None or tcp.is_closing():
+        if self._gone or tcp.is_closing():
             self._on_failure(peer, "connection_lost", ConnectionResetError("closed before TLS"))
             return
         upgrade = loop.create_task(
@@ -84,13 +83,12 @@ class TLSAcceptor(asyncio.Protocol):
             self._on_failure(peer, handshake_failure_reason(exc), exc)
             tcp.abort()
             return
-        if tls is None or self._lost is not None:
+        if tls is None or self._gone:
             return  # gone right after the handshake: nothing to serve
         self._hand_over(tls)
 
     def _hand_over(self, tls: asyncio.Transport) -> None:
         app = self._factory()
-        self._app = app
         tls.set_protocol(app)
         app.connection_made(tls)
         if self._held:
@@ -122,7 +120,7 @@ class TLSAcceptor(asyncio.Protocol):
         return True  # the real protocol decides, once connected
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = (exc,)
+        self._gone = True
 
 
 def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
