@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fluidity.certs import ensure_quickstart_pki
 from soak import MIB, Sample, run_soak
 
+# Each side needs one socket per open tunnel; the churn (hundreds of tunnels a second)
+# adds the few closing as others open. A leak climbs past that and never comes back.
 FD_TOLERANCE = 50
 RSS_GROWTH_LIMIT = 16 * MIB
 

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,19 +127,30 @@ def start_process(
     config: dict[str, object],
     workdir: Path,
     timeout: float = 20,
+    *,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
     prefix: Sequence[str] = (),
 ) -> Process:
-    """Run ``fluidity ROLE --config`` with ``config``; wait for its 'listening' log line.
-
-    ``prefix`` goes before the command (``unshare --pid --fork``: run it as PID 1).
-    """
+    """Run ``fluidity ROLE --config`` with ``config`` (and ``args``, and ``env`` added to
+    the environment); wait for its 'listening' log line. ``prefix`` goes before the
+    command (``unshare --pid --fork``: run it as PID 1)."""
     config_path = workdir / f"{role}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"{role}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "fluidity.cli", role, "--config", str(config_path)],
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "fluidity.cli",
+                role,
+                "--config",
+                str(config_path),
+                *args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

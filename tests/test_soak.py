@@ -15,8 +15,8 @@ from fluidity.certs import QuickstartPKI
 from soak import MIB, run_soak
 
 TUNNELS = 1000
-# The churn opens and closes hundreds of tunnels a second, so a sample can catch some
-# descriptors in flight beyond one per open tunnel; a leak keeps climbing past that.
+# Each side needs one socket per open tunnel; the churn (hundreds of tunnels a second)
+# adds the few closing as others open. A leak climbs past that and never comes back.
 FD_TOLERANCE = 50
 RSS_GROWTH_LIMIT = 16 * MIB
 

@@ -49,10 +49,13 @@ from fluidity.errors import (
     TunnelClosed,
     TunnelError,
     TunnelUnavailable,
+    UpstreamProxyError,
 )
+from fluidity.metrics import Metrics
 from fluidity.path import Streams, attach_tls, open_path
 from fluidity.protocol.retry import Backoff
 from fluidity.protocol.tunnel import Side
+from fluidity.tls import handshake_failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ class TunnelKeeper:
         stream_idle_timeout: float = 0.0,
         backoff: Backoff | None = None,
         connector: Connector | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -109,6 +113,23 @@ class TunnelKeeper:
         self.last_error = ""
         self.reconnects = 0
         self.connected_since: float | None = None
+        self.metrics = metrics or Metrics("agent")
+        # Payload bytes of the connections that are gone, so totals survive reconnects.
+        self.closed_bytes_in = 0
+        self.closed_bytes_out = 0
+        self._started: float | None = None  # loop time of run(); None once the tunnel was up
+
+    @property
+    def bytes_in(self) -> int:
+        """Stream payload bytes received over every connection since the keeper started."""
+        conn = self._conn
+        return self.closed_bytes_in + (conn.bytes_in if conn is not None else 0)
+
+    @property
+    def bytes_out(self) -> int:
+        """Stream payload bytes sent over every connection since the keeper started."""
+        conn = self._conn
+        return self.closed_bytes_out + (conn.bytes_out if conn is not None else 0)
 
     @property
     def address(self) -> str:
@@ -120,9 +141,11 @@ class TunnelKeeper:
 
     async def run(self) -> None:
         """Connect, and reconnect after every loss, until cancelled."""
+        self._started = asyncio.get_running_loop().time()
+        log.info("waiting for the tunnel to server %s…", self.address)
         try:
             while True:
-                await self._connect_once()
+                await self.connect_once()
                 delay = self._backoff.next_delay()
                 log.warning(
                     "tunnel to %s: %s; reconnecting in %.1f s (attempt %d)",
@@ -133,6 +156,7 @@ class TunnelKeeper:
                 )
                 await asyncio.sleep(delay)
                 self.reconnects += 1
+                self.metrics.reconnecting()
         finally:
             self.state = TunnelState.STOPPED
             self._up.clear()
@@ -182,16 +206,21 @@ class TunnelKeeper:
                     self._draining.set()
                 refused = exc
 
-    async def _connect_once(self) -> None:
-        """One attempt, and the connection's whole life if it succeeds.
+    async def connect_once(self) -> None:
+        """One attempt: connect, then carry the connection until it is lost.
 
-        ``state`` tells the last outcome while attempts go on: AUTH_FAILED stays
-        until an attempt fails otherwise or succeeds.
+        Returns when the attempt failed (``last_error`` says why, and the failure
+        is counted by reason), the connection ended, or its server began to drain
+        (the connection is then retired); ``run`` calls it in a loop. ``state``
+        tells the last outcome while attempts go on: AUTH_FAILED stays until an
+        attempt fails otherwise or succeeds. The backoff starts over after a
+        connection that worked, not after one the server turned away.
         """
         try:
             conn = await self._establish()
         except TunnelError as exc:
             self.last_error = str(exc)
+            self.metrics.handshake_failed(_failure_reason(exc))
             if isinstance(exc, AuthenticationError):
                 self.state = TunnelState.AUTH_FAILED
                 log.error("%s", exc)
@@ -202,10 +231,12 @@ class TunnelKeeper:
         self.state = TunnelState.CONNECTED
         self.connected_since = time.time()
         self.last_error = ""
+        self.metrics.connection_made()
         self._up.set()
-        log.info("tunnel up: connected to %s", self.address)
+        self._report_up()
         drained = await self._until_closed_or_draining(conn)
         self._up.clear()
+        self._conn = None
         self.state = TunnelState.CONNECTING
         self.connected_since = None
         if drained:
@@ -213,6 +244,7 @@ class TunnelKeeper:
             self._backoff.reset()
             self.last_error = "the server is draining (shutting down)"
             return
+        self._count_bytes(conn)
         reason = conn.closed.result()
         if conn.refused_by_peer:
             # Turned away (too many tunnels...): a failure like any other; backoff grows.
@@ -233,14 +265,33 @@ class TunnelKeeper:
         return not conn.closed.done()
 
     def _retire(self, conn: TunnelConnection) -> None:
-        """Leave a draining connection to finish its streams; forget it once closed."""
+        """Leave a draining connection to finish its streams; count it once closed."""
         log.info(
             "server %s is draining: %d streams finish on the old tunnel, new ones go on a new one",
             self.address,
             conn.active_streams,
         )
         self._retired.add(conn)
-        conn.closed.add_done_callback(lambda _: self._retired.discard(conn))
+
+        def closed(_: object) -> None:
+            self._retired.discard(conn)
+            self._count_bytes(conn)
+
+        conn.closed.add_done_callback(closed)
+
+    def _count_bytes(self, conn: TunnelConnection) -> None:
+        """Fold a finished connection's byte counts into the totals."""
+        self.closed_bytes_in += conn.bytes_in
+        self.closed_bytes_out += conn.bytes_out
+
+    def _report_up(self) -> None:
+        """'tunnel up after 0.4 s' the first time, for the person waiting at start."""
+        if self._started is None:
+            log.info("tunnel up: connected to %s", self.address)
+            return
+        waited = asyncio.get_running_loop().time() - self._started
+        self._started = None
+        log.info("tunnel up after %.1f s: connected to %s", waited, self.address)
 
     async def _establish(self) -> TunnelConnection:
         interval, timeout = self._keepalive
@@ -271,15 +322,23 @@ class TunnelKeeper:
         except ssl.SSLCertVerificationError as exc:
             raise HandshakeError(
                 f"cannot verify the server certificate of {self.address} "
-                f"(as {self.server_name}): {exc.verify_message}"
+                f"(as {self.server_name}): {exc.verify_message}",
+                handshake_failure_reason(exc),
+            ) from exc
+        except ssl.SSLError as exc:
+            raise HandshakeError(
+                f"TLS with {self.address} failed: {exc}", handshake_failure_reason(exc)
             ) from exc
         except (TimeoutError, ConnectionAbortedError) as exc:  # before OSError, their base
             # ConnectionAbortedError: attach_tls's way of saying the TLS handshake timed out.
             raise HandshakeError(
-                f"connecting to {self.address} timed out after {budget:g} s (handshake_timeout)"
+                f"connecting to {self.address} timed out after {budget:g} s (handshake_timeout)",
+                "timeout",
             ) from exc
-        except (ssl.SSLError, ConnectionError, OSError) as exc:
-            raise HandshakeError(f"cannot connect to {self.address}: {exc}") from exc
+        except (ConnectionError, OSError) as exc:
+            raise HandshakeError(
+                f"cannot connect to {self.address}: {exc}", "connect_failed"
+            ) from exc
         try:
             return await self._await_first_word(conn)
         except asyncio.CancelledError:
@@ -299,5 +358,18 @@ class TunnelKeeper:
             ) from exc
         except TimeoutError as exc:
             conn.close_now("no HTTP/2 preface")
-            raise HandshakeError(f"server {self.address} did not speak HTTP/2 in time") from exc
+            raise HandshakeError(
+                f"server {self.address} did not speak HTTP/2 in time", "no_http2"
+            ) from exc
         return conn
+
+
+def _failure_reason(exc: TunnelError) -> str:
+    """The metrics label of a failed connection attempt."""
+    if isinstance(exc, HandshakeError):
+        return exc.reason
+    if isinstance(exc, UpstreamProxyError):
+        return "upstream_proxy"
+    if isinstance(exc, PathError):
+        return "timeout" if exc.status == 504 else "connect_failed"
+    return "tls_error"
