@@ -22,6 +22,7 @@ from fluidity.agent.client import ClientConnection
 from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper
 from fluidity.config import AgentConfig
+from fluidity.connection import StreamHandler
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
 from fluidity.pac import mask_url
@@ -170,11 +171,12 @@ class Agent:
             else None,
         }
 
-    async def open_direct(self, host: str, port: int) -> DirectStream:
-        """A connection to a ``direct:`` host, through the corporate proxy if one is set;
-        ``handshake_timeout`` bounds it. Raises PathError."""
+    async def open_direct(self, host: str, port: int, handler: StreamHandler) -> DirectStream:
+        """A connection to a ``direct:`` host reporting to ``handler``, through the
+        corporate proxy if one is set; ``handshake_timeout`` bounds it. Raises PathError."""
+        timeout = self.config.handshake_timeout
         return await DirectStream.open(
-            self.config.upstream_proxy, host, port, timeout=self.config.handshake_timeout
+            self.config.upstream_proxy, host, port, handler, timeout=timeout
         )
 
     def _make_client(self) -> ClientConnection | _Refuser:
