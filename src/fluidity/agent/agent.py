@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 STATUS_PATH = "/fluidity/status"
 PAC_PATH = "/proxy.pac"
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
+CLOSE_GRACE = 2.0  # seconds the server has to answer the tunnel's TLS close on shutdown
 
 
 class Agent:
@@ -127,9 +128,27 @@ class Agent:
         if self._keeper_task is not None:
             self._keeper_task.cancel()
             await asyncio.gather(self._keeper_task, return_exceptions=True)
+        await self._tunnel_closed()
         await self._kill_cloud_server()
         if self._listener is not None:
             await self._listener.wait_closed()
+
+    async def _tunnel_closed(self) -> None:
+        """Let the tunnel's TLS close finish (close_notify both ways), briefly.
+
+        The keeper starts the close when it stops; through a corporate proxy the
+        server's answer takes a few hops, and returning before it would leave the
+        socket open behind a stopped agent. A server that does not answer in
+        ``CLOSE_GRACE`` seconds gets the connection dropped.
+        """
+        conn = self.keeper.connection
+        if conn is None or conn.closed.done():
+            return
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await asyncio.shield(conn.closed)
+        except TimeoutError:
+            conn.close_now("agent stopping: the server did not finish closing the connection")
 
     async def _kill_cloud_server(self) -> None:
         lifecycle = self.config.lifecycle
