@@ -28,6 +28,7 @@ from typing import ClassVar, Literal
 
 from fluidity.configload import Section, load_config
 from fluidity.errors import ConfigError
+from fluidity.protocol.identity import check_patterns
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
@@ -170,6 +171,9 @@ class ServerTLS(Section):
     cert: FileOrPem
     key: FileOrPem
     crl: FileOrPem | None = None
+    # Seconds between checks of the files' modification times and sizes; a change
+    # reloads them for new connections (SIGHUP does it at once). 0: SIGHUP only.
+    reload_interval: float = field(default=5.0, metadata={"non_negative": True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,9 +187,10 @@ class TargetsConfig(Section):
 
 @dataclass(frozen=True, kw_only=True)
 class ClientsConfig(Section):
-    """Client identities (certificate names) allowed in; empty: any certificate of the CA."""
+    """Client identities allowed in: globs on the certificate's CN, SAN DNS names and
+    SAN URIs (see ``fluidity.protocol.identity``); empty: any certificate of the CA."""
 
-    allow: tuple[str, ...] = ()
+    allow: tuple[str, ...] = field(default=(), metadata={"check": check_patterns})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,8 @@
 
 uvloop is used where it exists (never on Windows). The first SIGTERM or
 SIGINT (Ctrl-C; Ctrl-Break on Windows) sets the stop event so the program can
-drain; a second one exits at once.
+drain; a second one exits at once. SIGHUP asks the server to reload its
+certificates (``on_reload_signal``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,27 @@ async def _with_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]])
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+
+
+def on_reload_signal(callback: Callable[[], object]) -> Callable[[], None]:
+    """Call ``callback`` on the running loop at every SIGHUP; return the function that stops it.
+
+    Where there is no SIGHUP (Windows) this does nothing: the server's file
+    polling still reloads changed certificates.
+    """
+    loop = asyncio.get_running_loop()
+    signum = getattr(signal, "SIGHUP", None)
+    if signum is None:
+        return lambda: None
+    try:
+        loop.add_signal_handler(signum, callback)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return lambda: None
+
+    def stop() -> None:
+        loop.remove_signal_handler(signum)
+
+    return stop
 
 
 def _threadsafe(

@@ -17,15 +17,19 @@ import ssl
 import time
 from dataclasses import dataclass
 
+from fluidity.certs import revoked_serials
 from fluidity.config import ServerConfig
 from fluidity.connection import TunnelConnection
 from fluidity.dialer import Dialer, DialSettings
-from fluidity.errors import StreamError, TargetError
+from fluidity.errors import CertificateError, ConfigError, StreamError, TargetError
+from fluidity.protocol.identity import ClientIdentity, IdentityAllowList
 from fluidity.protocol.policy import TargetPolicy
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
+from fluidity.reload import ReloadableContext
 from fluidity.splice import Splice
-from fluidity.tls import server_context
+from fluidity.tls import describe, server_context
+from fluidity.tlsaccept import TLSAcceptor
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +48,17 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.context: ssl.SSLContext = server_context(
-            config.tls.ca, config.tls.cert, config.tls.key, config.tls.crl
+        tls = config.tls
+        self.tls = ReloadableContext(
+            lambda: server_context(tls.ca, tls.cert, tls.key, tls.crl),
+            [
+                source.path
+                for source in (tls.ca, tls.cert, tls.key, tls.crl)
+                if source and source.path
+            ],
+            on_reloaded=self._close_revoked,
         )
+        self.clients = IdentityAllowList.from_config(config.clients.allow)
         policy = TargetPolicy.from_config(
             config.targets.allow, config.targets.deny, config.targets.ports
         )
@@ -60,26 +72,40 @@ class Server:
             ),
             CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.reset_after),
         )
+        self.acceptor = TLSAcceptor(
+            lambda: self.tls.current, self._make_connection, config.limits.handshake_timeout
+        )
         self._listener: asyncio.Server | None = None
-        self._connections: set[TunnelConnection] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._connections: set[_ServerConnection] = set()
         self._dials: set[asyncio.Task[None]] = set()
         self._splices: set[Splice] = set()
         self._last_activity = time.time()
+        self.streams_requested = 0
         self.address: tuple[str, int] | None = None
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The TLS context the next agent handshake uses."""
+        return self.tls.current
+
+    def reload(self, reason: str = "SIGHUP") -> bool:
+        """Reload certificate, key, CA and CRL for new connections; False keeps the old ones."""
+        return self.tls.reload(reason)
 
     async def start(self) -> None:
         """Bind the listener; ``address`` then holds the bound host and port."""
         loop = asyncio.get_running_loop()
         listen = self.config.listen
+        # Plain TCP: the acceptor runs each TLS handshake with the context current
+        # at that moment (hot reload) and logs each failure as one line.
         self._listener = await loop.create_server(
-            self._make_connection,
-            listen.host,
-            listen.port,
-            ssl=self.context,
-            ssl_handshake_timeout=self.config.limits.handshake_timeout,
-            reuse_address=True,
-            backlog=1024,
+            self.acceptor.accept, listen.host, listen.port, reuse_address=True, backlog=1024
         )
+        if self.config.tls.reload_interval > 0:
+            self._watcher = loop.create_task(
+                self.tls.watch(self.config.tls.reload_interval), name="tls-reload-watch"
+            )
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         log.info(
@@ -100,6 +126,9 @@ class Server:
         started = time.monotonic()
         if self._listener is not None:
             self._listener.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self.acceptor.cancel_pending()
         for conn in list(self._connections):
             conn.refuse_new_streams()
         log.info("draining: %d streams open, waiting up to %.0f s", self._open_streams(), timeout)
@@ -133,6 +162,21 @@ class Server:
     def _open_streams(self) -> int:
         return sum(conn.active_streams for conn in self._connections)
 
+    def _close_revoked(self) -> None:
+        """After a reload: end the live tunnels whose client certificate the CRL now lists."""
+        crl = self.config.tls.crl
+        if crl is None or not self._connections:
+            return
+        try:
+            revoked = revoked_serials(crl.read_bytes(), describe(crl))
+        except (CertificateError, ConfigError) as exc:
+            log.error("cannot read %s to check live tunnels: %s", describe(crl), exc)
+            return
+        for conn in list(self._connections):
+            if conn.identity.serial in revoked:
+                log.warning("closing the tunnel of %s: its certificate is revoked", conn.peer_name)
+                conn.close("client certificate revoked")
+
     def _make_connection(self) -> TunnelConnection:
         conn = _ServerConnection(
             self,
@@ -144,7 +188,7 @@ class Server:
         )
         return conn
 
-    def _admit(self, conn: TunnelConnection) -> bool:
+    def _admit(self, conn: _ServerConnection) -> bool:
         if len(self._connections) >= self.config.limits.max_tunnels:
             log.warning(
                 "refusing agent %s: limits.max_tunnels (%d) reached",
@@ -155,11 +199,12 @@ class Server:
         self._connections.add(conn)
         return True
 
-    def _forget(self, conn: TunnelConnection) -> None:
+    def _forget(self, conn: _ServerConnection) -> None:
         self._connections.discard(conn)
         self._last_activity = max(self._last_activity, conn.last_activity)
 
     def _on_stream_request(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
+        self.streams_requested += 1
         task = asyncio.get_running_loop().create_task(
             self._serve_stream(conn, stream_id, authority)
         )
@@ -185,31 +230,35 @@ class Server:
 
 
 class _ServerConnection(TunnelConnection):
-    """A tunnel connection that registers itself with its server."""
+    """A tunnel connection that checks its client's identity and registers with its server."""
 
     def __init__(self, server: Server, side: Side, **kwargs: object) -> None:
         super().__init__(side, **kwargs)  # type: ignore[arg-type]
         self._server = server
+        self.identity = ClientIdentity()
+        self._admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        cert = transport.get_extra_info("peercert") or {}
-        self.peer_name = f"{_common_name(cert) or 'agent'}@{peer[0]}:{peer[1]}" if peer else "agent"
+        self.identity = ClientIdentity.from_peercert(transport.get_extra_info("peercert") or {})
+        where = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer_name = f"{self.identity.label}@{where}"
+        refusal = self._server.clients.refusal(self.identity)
+        if refusal is not None:
+            # Close before a single HTTP/2 byte: the agent reads the silence after
+            # its TLS 1.3 handshake as "my certificate was refused".
+            log.warning("refusing agent %s: %s", where, refusal)
+            transport.close()
+            return
         super().connection_made(transport)
         if not self._server._admit(self):
             self.close("too many tunnels")
             return
+        self._admitted = True
         log.info("agent connected: %s", self.peer_name)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._server._forget(self)
-        log.info("agent disconnected: %s (%s)", self.peer_name, self.closed.result())
-
-
-def _common_name(cert: dict[str, object]) -> str | None:
-    for rdn in cert.get("subject", ()):  # type: ignore[attr-defined]
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
+        if self._admitted:
+            log.info("agent disconnected: %s (%s)", self.peer_name, self.closed.result())
