@@ -29,7 +29,7 @@ from fluidity.protocol.tunnel import Side
 from fluidity.reload import ReloadableContext
 from fluidity.splice import Splice
 from fluidity.tls import describe, server_context
-from fluidity.tlsaccept import TLSAcceptor
+from fluidity.tlsaccept import TLSListener
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,10 @@ class Server:
             ),
             CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.reset_after),
         )
-        self.acceptor = TLSAcceptor(
+        self.acceptor = TLSListener(
             lambda: self.tls.current, self._make_connection, config.limits.handshake_timeout
         )
-        self._listener: asyncio.Server | None = None
+        self._started = False
         self._watcher: asyncio.Task[None] | None = None
         self._connections: set[_ServerConnection] = set()
         self._dials: set[asyncio.Task[None]] = set()
@@ -97,17 +97,20 @@ class Server:
         """Bind the listener; ``address`` then holds the bound host and port."""
         loop = asyncio.get_running_loop()
         listen = self.config.listen
-        # Plain TCP: the acceptor runs each TLS handshake with the context current
-        # at that moment (hot reload) and logs each failure as one line.
-        self._listener = await loop.create_server(
-            self.acceptor.accept, listen.host, listen.port, reuse_address=True, backlog=1024
-        )
+        # The acceptor runs each TLS handshake with the context current at that
+        # moment (hot reload) and logs each failure as one line.
+        try:
+            self.address = await self.acceptor.start(listen.host, listen.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"listen: cannot listen on {listen}: {exc.strerror or exc}; "
+                "choose another address with --listen or listen: in server.yaml"
+            ) from exc
         if self.config.tls.reload_interval > 0:
             self._watcher = loop.create_task(
                 self.tls.watch(self.config.tls.reload_interval), name="tls-reload-watch"
             )
-        sockname = self._listener.sockets[0].getsockname()
-        self.address = (sockname[0], sockname[1])
+        self._started = True
         log.info(
             "fluidity server listening on %s:%d (TLS 1.3, client certificates required)",
             *self.address,
@@ -115,7 +118,7 @@ class Server:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain within ``drain_timeout``."""
-        if self._listener is None:
+        if not self._started:
             await self.start()
         await stop.wait()
         await self.shutdown()
@@ -124,11 +127,9 @@ class Server:
         """Stop accepting, let open streams finish up to the deadline, then close all."""
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
         started = time.monotonic()
-        if self._listener is not None:
-            self._listener.close()
+        self.acceptor.close()
         if self._watcher is not None:
             self._watcher.cancel()
-        self.acceptor.cancel_pending()
         for conn in list(self._connections):
             conn.refuse_new_streams()
         log.info("draining: %d streams open, waiting up to %.0f s", self._open_streams(), timeout)
@@ -148,8 +149,6 @@ class Server:
             splice.close()
         for conn in list(self._connections):
             conn.close("server shutting down")
-        if self._listener is not None:
-            await self._listener.wait_closed()
         log.info("drained in %.2f s", time.monotonic() - started)
 
     def activity(self) -> Activity:

@@ -9,22 +9,22 @@ Why not ``loop.create_server(ssl=context)``? Two reasons:
   logs only in debug mode), so an operator would never see why a revoked or
   expired client, a TLS 1.2 client or a port scanner was turned away.
 
-So the listener speaks plain TCP, and each accepted socket is upgraded with
-``loop.start_tls`` using whatever context ``contexts()`` returns at that moment.
-A failure is one log line naming the peer and the reason (rate-limited, so a
-flood of garbage cannot flood the log); a success goes to ``factory()``'s
-protocol exactly as ``create_server`` would have delivered it.
-
-``start_tls`` calls the new transport's protocol as soon as the handshake ends
--- possibly with the agent's first bytes -- before the awaiting task resumes. A
-``_Handover`` protocol catches those calls and replays them, in order, to the
-real protocol once it is attached.
+So the listener accepts plain sockets itself and hands each to
+``loop.connect_accepted_socket`` with whatever context ``contexts()`` returns
+at that moment. That call returns only once the handshake is done (the
+protocol has had ``connection_made``) and raises if it failed, so a failure
+becomes one log line naming the peer and the reason -- rate-limited, so a
+flood of garbage cannot flood the log -- and never a traceback. The handshake
+timeout closes silent connections; each handshake is its own small task, so a
+slow one holds up nobody else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -102,11 +102,12 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class TLSAcceptor:
-    """Upgrades accepted TCP connections to TLS with the current context.
+class TLSListener:
+    """Accepts TCP connections and upgrades each to TLS with the context current then.
 
-    Pass ``accept`` to ``loop.create_server`` as the protocol factory. Counts are
-    for operators and tests: ``handshakes_ok``, ``handshakes_failed``.
+    ``contexts()`` is asked once per connection; ``factory()``'s protocol gets
+    ``connection_made`` only after a successful handshake. Counts are for
+    operators and tests: ``handshakes_ok``, ``handshakes_failed``.
     """
 
     def __init__(
@@ -120,114 +121,91 @@ class TLSAcceptor:
         self._factory = factory
         self._timeout = handshake_timeout
         self._failures = failures or FailureLog()
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self.handshakes_ok = 0
         self.handshakes_failed = 0
+        self.address: tuple[str, int] | None = None
 
     @property
     def handshakes_in_progress(self) -> int:
         return len(self._pending)
 
-    def accept(self) -> asyncio.Protocol:
-        """The protocol of one freshly accepted TCP connection."""
-        return _Accepted(self)
+    async def start(self, host: str, port: int, backlog: int = 1024) -> tuple[str, int]:
+        """Bind and listen on ``host:port`` (port 0: any free one); return the bound address."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if os.name != "nt":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        bound = sock.getsockname()
+        self.address = (bound[0], bound[1])
+        self._accepting = loop.create_task(self._accept_forever(sock), name="tls-accept")
+        return self.address
 
-    def cancel_pending(self) -> None:
-        """Abandon every handshake in progress (shutdown)."""
+    def close(self) -> None:
+        """Stop accepting and abandon the handshakes in progress; live connections stay."""
+        if self._accepting is not None:
+            self._accepting.cancel()
         for task in list(self._pending):
             task.cancel()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
-    def _start(self, transport: asyncio.Transport) -> None:
-        task = asyncio.get_running_loop().create_task(self._upgrade(transport))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    async def _accept_forever(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                # Out of file descriptors or a connection reset while queued: the
+                # listener itself is fine; breathe a moment and go on.
+                log.warning("accepting a connection failed: %s", exc.strerror or exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handshake(client))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
-    async def _upgrade(self, transport: asyncio.Transport) -> None:
-        peer = _peer_text(transport)
-        handover = _Handover()
+    async def _handshake(self, client: socket.socket) -> None:
+        peer = _peer_text(client)
         loop = asyncio.get_running_loop()
         try:
-            # start_tls enforces the handshake timeout itself; the outer bound is a
-            # safety net in case a loop implementation does not.
+            # The loop enforces the handshake timeout itself; the outer bound is a
+            # safety net in case an implementation does not.
             async with asyncio.timeout(self._timeout + 1.0):
-                tls = await loop.start_tls(
-                    transport,
-                    handover,
-                    self._contexts(),
-                    server_side=True,
+                await loop.connect_accepted_socket(
+                    self._factory,
+                    client,
+                    ssl=self._contexts(),
                     ssl_handshake_timeout=self._timeout,
                 )
         except (OSError, TimeoutError, EOFError) as exc:
-            transport.abort()
+            client.close()
             self.handshakes_failed += 1
             self._failures.failed(peer, describe_failure(exc, self._timeout))
             return
         except asyncio.CancelledError:
-            transport.abort()
+            client.close()
             raise
-        if tls is None:  # the transport closed while the handshake finished
-            transport.abort()
-            return
         self.handshakes_ok += 1
-        handover.attach(tls, self._factory())
 
 
-class _Accepted(asyncio.Protocol):
-    """The plain-TCP phase: stop reading at once, so the ClientHello waits for start_tls."""
-
-    def __init__(self, acceptor: TLSAcceptor) -> None:
-        self._acceptor = acceptor
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        tcp: asyncio.Transport = transport  # type: ignore[assignment]
-        tcp.pause_reading()
-        self._acceptor._start(tcp)
-
-
-class _Handover(asyncio.Protocol):
-    """Holds what the TLS transport reports until the real protocol is attached."""
-
-    def __init__(self) -> None:
-        self._target: asyncio.Protocol | None = None
-        self._data: list[bytes] = []
-        self._eof = False
-        self._lost: tuple[Exception | None] | None = None
-
-    def attach(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
-        """Make ``protocol`` the transport's protocol and replay what arrived before it."""
-        transport.set_protocol(protocol)
-        self._target = protocol
-        protocol.connection_made(transport)
-        for chunk in self._data:
-            protocol.data_received(chunk)
-        self._data.clear()
-        if self._eof and not protocol.eof_received():
-            transport.close()
-        if self._lost is not None:
-            protocol.connection_lost(self._lost[0])
-
-    def data_received(self, data: bytes) -> None:
-        if self._target is not None:
-            self._target.data_received(data)
-        else:
-            self._data.append(data)
-
-    def eof_received(self) -> bool:
-        if self._target is not None:
-            return bool(self._target.eof_received())
-        self._eof = True
-        return True  # keep the transport open until the real protocol decides
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._target is not None:
-            self._target.connection_lost(exc)
-        else:
-            self._lost = (exc,)
-
-
-def _peer_text(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    if not peer:
+def _peer_text(client: socket.socket) -> str:
+    try:
+        peer = client.getpeername()
+    except OSError:
         return "a client"
     host, port = peer[0], peer[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

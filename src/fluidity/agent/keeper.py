@@ -209,7 +209,7 @@ class TunnelKeeper:
                 f"(as {self.server_name}): {exc.verify_message}"
             ) from exc
         except (ssl.SSLError, ConnectionError, OSError) as exc:
-            raise HandshakeError(f"cannot connect to {self.address}: {exc}") from exc
+            raise HandshakeError(f"cannot connect to {self.address}: {_why(exc)}") from exc
         except TimeoutError as exc:
             raise HandshakeError(
                 f"connecting to {self.address} timed out after {self._handshake_timeout:g} s"
@@ -231,3 +231,13 @@ class TunnelKeeper:
             conn.close_now("no HTTP/2 preface")
             raise HandshakeError(f"server {self.address} did not speak HTTP/2 in time") from exc
         return conn
+
+
+def _why(exc: OSError) -> str:
+    """An OSError as words, even when it carries none (a reset mid-handshake)."""
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError) and not str(exc):
+        return (
+            "the server closed the connection during the TLS handshake "
+            "(is it a fluidity server speaking TLS 1.3?)"
+        )
+    return str(exc) or type(exc).__name__
