@@ -9,7 +9,8 @@ stays and one error line names the file and the problem.
 
 Two things trigger a reload: SIGHUP (wired by the CLI, see
 ``fluidity.runtime.on_reload_signal``), and ``watch()``, which compares every
-file's modification time, size and inode every ``interval`` seconds. Polling
+file's modification and change times, size, inode and mode every
+``interval`` seconds. Polling
 needs no dependency and works on every filesystem, including the bind mounts
 and Kubernetes secret volumes (which swap a symlink) certificates usually
 arrive on. The signature of a failed attempt is remembered too, so a broken
@@ -30,19 +31,21 @@ from fluidity.errors import CertificateError, ConfigError
 
 log = logging.getLogger(__name__)
 
-Signature = tuple[tuple[str, int, int, int] | tuple[str], ...]
+Signature = tuple[tuple[str | int, ...], ...]
 
 
 def file_signature(paths: Sequence[Path]) -> Signature:
-    """Modification time, size and inode of each path (following symlinks), or its absence."""
-    parts: list[tuple[str, int, int, int] | tuple[str]] = []
+    """What identifies each file's state: modification and change times, size, inode
+    and mode (following symlinks), or just its path when it is missing. A chmod
+    changes the change time and mode, so a key made readable by others is noticed."""
+    parts: list[tuple[str | int, ...]] = []
     for path in paths:
         try:
             st = os.stat(path)
         except OSError:
             parts.append((str(path),))
             continue
-        parts.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+        parts.append((str(path), st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode))
     return tuple(parts)
 
 
