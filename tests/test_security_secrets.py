@@ -101,7 +101,7 @@ async def test_no_secret_reaches_the_logs(
     assert "CONNECT" in text or level == logging.INFO
     leaked = [s for s in SECRETS + key_lines(pki) if s in text or s.lower() in text.lower()]
     assert leaked == []
-    assert f"refused-target.localhost:80" in text, "targets are logged as host:port"
+    assert "refused-target.localhost:80" in text, "targets are logged as host:port"
 
 
 # -- private keys others can read -----------------------------------------------------------
