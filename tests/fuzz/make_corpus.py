@@ -119,6 +119,17 @@ SEEDS: dict[str, tuple[list[Step], bool]] = {
         ],
         False,
     ),
+    "retry_after_partial_head": (  # found by atheris: the lost upstream's bytes leaked
+        [
+            ("client", get(b"http://example.com/")),
+            ("open", 1),
+            ("upstream", b"HTTP/1.1 200 OK\r\nContent-Le"),
+            ("retry", 0),
+            ("open", 1),
+            ("upstream", OK),
+        ],
+        False,
+    ),
     "auth_required": ([("client", get(b"http://example.com/"))], True),
     "auth_given": (
         [("client", get(b"http://example.com/", AUTH)), ("open", 1), ("upstream", OK)],

@@ -82,6 +82,11 @@ class Checker:
     upstream_eof: bool = False
     closed: bool = False
     client_bytes: int = 0
+    fed: bytes = b""  # what the current upstream sent, as the harness fed it
+    relayed: int = 0  # how much of ``fed`` has reached the client so far
+
+    def upstream_sent(self, data: bytes) -> None:
+        self.fed += data
 
     def check(self, session: ClientSession, events: Iterable[ProxyEvent]) -> None:
         for event in events:
@@ -96,6 +101,7 @@ class Checker:
                 assert host and not any(c.isspace() for c in host), repr(host)
                 assert 1 <= port <= 65535 and kind in ("connect", "forward")
                 self.upstream, self.end_sent, self.upstream_eof = "opening", False, False
+                self.fed, self.relayed = b"", 0
             case SendUpstream(data):
                 assert self.upstream == "open" and data, "SendUpstream without an open upstream"
                 assert not self.end_sent, "SendUpstream after EndUpstream"
@@ -108,8 +114,9 @@ class Checker:
             case SendClient(data):
                 assert data, "an empty SendClient"
                 if self.client_bytes == 0:
-                    assert data.startswith(b"HTTP/1."), data[:40]
+                    assert data.startswith(b"HTTP/"), data[:40]
                 self.client_bytes += len(data)
+                self._relayed_in_order(data)
             case EndClient():
                 assert self.upstream == "open" and self.upstream_eof
             case CloseClient():
@@ -117,6 +124,22 @@ class Checker:
                 assert self.upstream is None or ended, f"upstream {self.upstream} left open"
                 self.closed = True
                 self.upstream = None
+
+    def _relayed_in_order(self, data: bytes) -> None:
+        """What goes to the client from an upstream is that upstream's bytes, in order,
+        with nothing added, lost or glued in -- except the agent's own answers."""
+        if self.upstream is None or _agent_made(data):
+            return
+        expected = self.fed[self.relayed : self.relayed + len(data)]
+        assert data == expected, f"relayed {data[:60]!r}, the upstream sent {expected[:60]!r}"
+        self.relayed += len(data)
+
+
+def _agent_made(data: bytes) -> bool:
+    """The agent's own answers: CONNECT established, or an error it wrote itself."""
+    if data == b"HTTP/1.1 200 Connection established\r\n\r\n":
+        return True
+    return data.startswith(b"HTTP/1.1 ") and b"Content-Type: text/plain; charset=utf-8\r\n" in data
 
 
 def run(data: bytes) -> Checker:
@@ -133,7 +156,8 @@ def run(data: bytes) -> Checker:
         # Operands are read whether or not the action is legal now, so a script
         # always decodes the same way.
         operand: bytes | int = script.chunk() if op in (0, 1, 2, 5) else script.byte()
-        if op <= 2 and not client_eof:
+        # An empty chunk (the script ran out) would mean EOF: EOFs have their own ops.
+        if op <= 2 and not client_eof and operand:
             assert isinstance(operand, bytes)
             session.receive_client(operand)
         elif op == 3 and not client_eof:
@@ -141,8 +165,9 @@ def run(data: bytes) -> Checker:
             session.receive_client(b"")
         elif op == 4:
             _answer_open(session, checker, int(operand))
-        elif op == 5 and checker.upstream == "open" and not checker.upstream_eof:
+        elif op == 5 and checker.upstream == "open" and not checker.upstream_eof and operand:
             assert isinstance(operand, bytes)
+            checker.upstream_sent(operand)
             session.receive_upstream(operand)
         elif op == 6:
             _end_upstream(session, checker, int(operand))
@@ -213,6 +238,7 @@ def encode(steps: Sequence[Step], *, credentials: bool = False) -> bytes:
 def main(argv: list[str]) -> None:  # pragma: no cover - needs atheris
     import atheris  # type: ignore[import-not-found]
 
+    atheris.instrument_all()  # coverage feedback from every loaded module (h11, fluidity)
     atheris.Setup(argv, run)
     atheris.Fuzz()
 

@@ -34,6 +34,23 @@ def test_the_checker_catches_an_insane_sequence() -> None:
         )
 
 
+def test_a_replayed_request_gets_only_the_new_upstreams_response() -> None:
+    """Found by fuzzing: a partial response head from the lost upstream was glued in front
+    of the replayed request's response."""
+    from fluidity.protocol.proxy import ClientSession, SendClient
+
+    session = ClientSession()
+    session.receive_client(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    session.upstream_opened()
+    session.receive_upstream(b"HTTP/1.1 200 OK\r\nContent-Le")  # then the stream dies
+    session.retry_upstream()
+    session.upstream_opened()
+    session.events()
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    session.receive_upstream(response)
+    assert [e for e in session.events() if isinstance(e, SendClient)] == [SendClient(response)]
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2048))
 def test_any_bytes_as_a_script(data: bytes) -> None:
