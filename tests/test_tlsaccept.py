@@ -1,12 +1,16 @@
-"""The TLS front door's bookkeeping, without sockets: failure lines and their rate limit."""
+"""The TLS front door: failure lines and their rate limit (no sockets), and its listening."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 
 import pytest
 
+from fluidity.certs import QuickstartPKI
+from fluidity.config import Address
+from fluidity.server import Server
 from fluidity.tlsaccept import FailureLog, describe_failure
 
 
@@ -52,3 +56,24 @@ def test_failure_reasons_read_as_words() -> None:
         "no complete handshake within 2.5 s (limits.handshake_timeout)"
     )
     assert "closed the connection" in describe_failure(ConnectionResetError(), 10)
+
+
+async def test_a_name_with_two_addresses_is_served_on_both_at_one_port(
+    pki: QuickstartPKI,
+) -> None:
+    from harness import make_server_config
+    from secpki import probe
+
+    server = Server(make_server_config(pki, listen=Address("localhost", 0)))
+    await server.start()
+    try:
+        assert server.address is not None
+        context = ssl.create_default_context(cafile=pki.ca_cert)
+        context.load_cert_chain(pki.client_cert, pki.client_key)
+        context.set_alpn_protocols(["h2"])
+        hosts = {info[4][0] for info in socket.getaddrinfo("localhost", 1, type=socket.SOCK_STREAM)}
+        for host in hosts:
+            seen = await probe(server.address[1], context, host=host)
+            assert seen.accepted, (host, seen.detail)
+    finally:
+        await server.shutdown(drain_timeout=0.5)

@@ -28,6 +28,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ class TLSListener:
         self._factory = factory
         self._timeout = handshake_timeout
         self._failures = failures or FailureLog()
-        self._sock: socket.socket | None = None
-        self._accepting: asyncio.Task[None] | None = None
+        self._socks: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
         self.handshakes_ok = 0
         self.handshakes_failed = 0
@@ -133,35 +134,32 @@ class TLSListener:
         return len(self._pending)
 
     async def start(self, host: str, port: int, backlog: int = 1024) -> tuple[str, int]:
-        """Bind and listen on ``host:port`` (port 0: any free one); return the bound address."""
+        """Listen on every address ``host`` resolves to, as ``create_server`` would (IPv6
+        sockets IPv6-only); port 0 takes a free port. Return the first bound address."""
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            if os.name != "nt":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
-            sock.listen(backlog)
-            sock.setblocking(False)
+            for family, _, _, _, sockaddr in dict.fromkeys(infos):
+                if self._socks and port == 0:
+                    sockaddr = (sockaddr[0], self._socks[0].getsockname()[1], *sockaddr[2:])
+                self._socks.append(_listening_socket(family, sockaddr, backlog))
         except OSError:
-            sock.close()
+            self.close()
             raise
-        self._sock = sock
-        bound = sock.getsockname()
+        for sock in self._socks:
+            self._accepting.append(loop.create_task(self._accept_forever(sock), name="tls-accept"))
+        bound = self._socks[0].getsockname()
         self.address = (bound[0], bound[1])
-        self._accepting = loop.create_task(self._accept_forever(sock), name="tls-accept")
         return self.address
 
     def close(self) -> None:
         """Stop accepting and abandon the handshakes in progress; live connections stay."""
-        if self._accepting is not None:
-            self._accepting.cancel()
-        for task in list(self._pending):
+        for task in [*self._accepting, *self._pending]:
             task.cancel()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._accepting.clear()
+        for sock in self._socks:
+            sock.close()
+        self._socks.clear()
 
     async def _accept_forever(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -200,6 +198,22 @@ class TLSListener:
             client.close()
             raise
         self.handshakes_ok += 1
+
+
+def _listening_socket(family: int, sockaddr: tuple[Any, ...], backlog: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name != "nt":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _peer_text(client: socket.socket) -> str:
