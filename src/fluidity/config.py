@@ -28,6 +28,8 @@ from typing import ClassVar, Literal
 
 from fluidity.configload import Section, load_config
 from fluidity.errors import ConfigError
+from fluidity.lifecycle.client import LifecycleConfig
+from fluidity.lifecycle.cloudwatch import CloudWatchConfig
 from fluidity.protocol.identity import check_patterns
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -242,6 +244,7 @@ class ServerConfig(Section):
     metrics: Address | None = None
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
+    cloudwatch: CloudWatchConfig | None = None
 
 
 # -- agent -------------------------------------------------------------------------------------
@@ -317,6 +320,7 @@ class AgentConfig(Section):
     metrics: Address | None = None
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
+    lifecycle: LifecycleConfig | None = None
 
     @property
     def server_hostname(self) -> str:

@@ -22,6 +22,7 @@ from fluidity.config import ServerConfig
 from fluidity.connection import TunnelConnection
 from fluidity.dialer import Dialer, DialSettings
 from fluidity.errors import CertificateError, ConfigError, StreamError, TargetError
+from fluidity.lifecycle.cloudwatch import MetricsPublisher
 from fluidity.protocol.identity import ClientIdentity, IdentityAllowList
 from fluidity.protocol.policy import TargetPolicy
 from fluidity.protocol.retry import CircuitBreaker
@@ -82,6 +83,7 @@ class Server:
         self._splices: set[Splice] = set()
         self._last_activity = time.time()
         self.streams_requested = 0
+        self._publisher: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
 
     @property
@@ -111,6 +113,9 @@ class Server:
                 self.tls.watch(self.config.tls.reload_interval), name="tls-reload-watch"
             )
         self._started = True
+        if self.config.cloudwatch is not None:
+            publisher = MetricsPublisher(self.config.cloudwatch)
+            self._publisher = loop.create_task(publisher.run(self.activity), name="cloudwatch")
         log.info(
             "fluidity server listening on %s:%d (TLS 1.3, client certificates required)",
             *self.address,
@@ -127,6 +132,8 @@ class Server:
         """Stop accepting, let open streams finish up to the deadline, then close all."""
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
         started = time.monotonic()
+        if self._publisher is not None:
+            self._publisher.cancel()
         self.acceptor.close()
         if self._watcher is not None:
             self._watcher.cancel()
