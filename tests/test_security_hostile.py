@@ -197,6 +197,14 @@ async def test_an_open_listener_asks_for_proxy_credentials(
             read_body=False,
         )
         assert status == 200 and t.server.streams_requested == 1
+        # The same port speaks SOCKS5: without username/password it offers nothing.
+        reader, writer = await asyncio.open_connection("127.0.0.1", t.proxy_port)
+        try:
+            writer.write(b"\x05\x01\x00")  # version 5, one method: no authentication
+            assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"\x05\xff"
+        finally:
+            writer.transport.abort()
+        assert t.server.streams_requested == 1
 
 
 # -- the server's TLS listener under a flood ---------------------------------------------
