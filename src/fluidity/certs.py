@@ -220,6 +220,15 @@ def refresh_crl(directory: Path) -> Path:
     return _write_crl(directory, _load_ca(directory), add_serial=None)
 
 
+def revoked_serials(pem: bytes, where: str = "the CRL") -> frozenset[int]:
+    """The serial numbers listed in the PEM CRL ``pem``; CertificateError if it is not one."""
+    try:
+        crl = x509.load_pem_x509_crl(pem)
+    except ValueError as exc:
+        raise CertificateError(f"{where} is not a PEM CRL ({exc}): fix or remove it") from exc
+    return frozenset(entry.serial_number for entry in crl)
+
+
 def check_private_key_file(path: Path) -> None:
     """Raise CertificateError unless ``path`` is a private key only its owner can use.
 
@@ -228,7 +237,7 @@ def check_private_key_file(path: Path) -> None:
     is checked.
     """
     try:
-        mode = path.stat().st_mode & 0o777
+        mode = path.stat().st_mode & 0o777  # windows: read, but only judged on POSIX below
     except OSError as exc:
         raise CertificateError(f"cannot read private key {path}: {exc.strerror}") from exc
     if os.name == "nt" or not mode & 0o077:
@@ -524,7 +533,7 @@ def _make_private_directory(directory: Path) -> None:
         return
     try:
         directory.mkdir(parents=True, mode=0o700)
-        if os.name != "nt":
+        if os.name != "nt":  # windows: ACLs, not modes, protect the directory there
             directory.chmod(0o700)  # mkdir's mode is filtered by the umask
     except OSError as exc:
         raise CertificateError(f"cannot create {directory}: {exc.strerror}") from exc

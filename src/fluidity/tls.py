@@ -47,6 +47,10 @@ def server_context(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context)
     context.verify_mode = ssl.CERT_REQUIRED
+    # No session tickets, so no TLS 1.3 resumption: every connection presents its
+    # certificate and is checked against the CA and CRL loaded *now*. A ticket
+    # issued before a revocation or a CA rotation would otherwise still get in.
+    context.num_tickets = 0
     _load_chain(context, cert, key)
     _load_verify(context, ca, "tls.ca")
     if crl is not None:
@@ -76,6 +80,9 @@ def describe(source: Source) -> str:
 def _harden(context: ssl.SSLContext) -> None:
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.maximum_version = ssl.TLSVersion.TLSv1_3
+    # RFC 5280 checks in full (the default from Python 3.13); fluidity's CA issues
+    # certificates and CRLs that pass them.
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
     context.set_alpn_protocols([ALPN])
     context.options |= ssl.OP_NO_COMPRESSION
 
@@ -119,3 +126,41 @@ def _as_file(source: Source) -> Iterator[str]:
         with os.fdopen(fd, "wb") as handle:
             handle.write(source.read_bytes())
         yield target
+
+
+# OpenSSL's X509_V_ERR_* codes for the verification failures worth telling apart.
+_VERIFY_REASONS = {10: "certificate_expired", 23: "certificate_revoked"}
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """A short, stable label for why a TLS handshake failed (logs and metrics).
+
+    ``certificate_*`` name the *peer's* certificate: missing, untrusted (not
+    issued by our CA), expired or revoked. ``not_tls`` is a peer that spoke
+    something else (plain HTTP, a port scanner); ``protocol_version`` one that
+    offered no TLS 1.3; ``peer_alert`` a peer that refused us with an alert
+    (it does not trust our certificate); ``timeout`` and ``connection_lost``
+    a handshake that never finished.
+    """
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(exc.verify_code, "certificate_untrusted")
+    if isinstance(exc, ssl.SSLError):
+        return _ssl_reason(str(exc.reason or exc))
+    return "connection_lost"
+
+
+def _ssl_reason(reason: str) -> str:
+    reason = reason.upper()
+    if "CERTIFICATE_REQUIRED" in reason or "DID_NOT_RETURN_A_CERTIFICATE" in reason:
+        return "certificate_missing"
+    if "HTTP_REQUEST" in reason or "WRONG_VERSION_NUMBER" in reason or "RECORD" in reason:
+        return "not_tls"
+    if "VERSION" in reason or "UNSUPPORTED_PROTOCOL" in reason:
+        return "protocol_version"
+    if "ALERT" in reason:
+        return "peer_alert"
+    if "APPLICATION_PROTOCOL" in reason:
+        return "no_alpn"
+    return "tls_error"
