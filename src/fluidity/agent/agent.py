@@ -68,6 +68,7 @@ class Agent:
             keepalive_timeout=config.keepalive_timeout,
             handshake_timeout=config.handshake_timeout,
             connect_wait=config.connect_wait,
+            stream_idle_timeout=config.stream_idle_timeout,
             backoff=Backoff(config.reconnect.initial, config.reconnect.max),
             connector=functools.partial(open_path, config.upstream_proxy),
             metrics=self.metrics,
@@ -124,20 +125,24 @@ class Agent:
         await self.shutdown()
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting, let client connections finish up to the deadline, then close."""
+        """Stop accepting, let client exchanges finish up to the deadline, then close.
+
+        Connections between requests (idle keep-alive) are closed at once, and
+        each busy one as soon as its exchange ends; past the deadline the rest
+        are reset. The tunnel goes last, with a GOAWAY.
+        """
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        started = time.monotonic()
         if self._listener is not None:
             self._listener.close()
-        busy = [c for c in self.clients if c.stream is not None]
-        for client in self.clients - set(busy):
-            client.close()  # idle keep-alive connections: nothing to wait for
+        busy = self._close_idle_clients()
         if busy:
-            log.info("draining %d client connections (up to %.0f s)", len(busy), timeout)
+            log.info("draining %d client connections (up to %.0f s)", busy, timeout)
         try:
             async with asyncio.timeout(timeout):
-                # Streams end in protocol callbacks; a short poll keeps them free of
+                # Exchanges end in protocol callbacks; a short poll keeps them free of
                 # shutdown bookkeeping on the hot path.
-                while any(c.stream is not None for c in self.clients):  # noqa: ASYNC110
+                while self._close_idle_clients():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         except TimeoutError:
             log.warning("drain deadline passed: closing %d connections", len(self.clients))
@@ -152,6 +157,17 @@ class Agent:
             await self._listener.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        log.info("agent drained in %.2f s", time.monotonic() - started)
+
+    def _close_idle_clients(self) -> int:
+        """Close every client connection between exchanges; return how many are busy."""
+        busy = 0
+        for client in list(self.clients):
+            if client.busy:
+                busy += 1
+            else:
+                client.close_idle()
+        return busy
 
     async def _tunnel_closed(self) -> None:
         """Let the tunnel's TLS close finish (close_notify both ways), briefly.

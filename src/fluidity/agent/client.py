@@ -13,6 +13,17 @@ session never buffers more than one read. The upstream may speak before that
 task resumes (a server that greets first: its bytes follow the stream's
 acceptance in the same read), so what it reports meanwhile is held and
 replayed once the session knows the upstream is open.
+
+Failures are never silent. A tunnel stream that cannot be had answers 503
+(no tunnel within ``connect_wait``, or the server's stream limit) or 502; one
+that breaks before a response byte answers 502, except that an idempotent
+request sent in full is replayed once on the next tunnel when the whole tunnel
+died; one that breaks later resets the client connection (TCP RST), so a
+close-delimited body or a CONNECT stream cannot pass for complete.
+
+``head_timeout`` bounds every wait for a request head (or a SOCKS5
+handshake): the first, and each next one on a kept-alive connection, which is
+closed once idle that long.
 """
 
 from __future__ import annotations
@@ -23,11 +34,12 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
-from fluidity.connection import set_tcp_keepalive
+from fluidity.connection import reset_transport, set_tcp_keepalive
 from fluidity.errors import (
     PathError,
     StreamError,
     StreamRefused,
+    TooManyStreams,
     TunnelError,
     TunnelUnavailable,
 )
@@ -88,8 +100,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         set_tcp_keepalive(transport)
-        loop = asyncio.get_running_loop()
-        self._head_timer = loop.call_later(self.agent.config.head_timeout, self._on_head_timeout)
+        self._sync_head_timer()
 
     def data_received(self, data: bytes) -> None:
         self.session.receive_client(data)
@@ -172,7 +183,6 @@ class ClientConnection(asyncio.Protocol):
                     if self.transport is not None and not self._closed:
                         self.transport.write(data)
                 case OpenUpstream(host, port, kind):
-                    self._cancel_head_timer()
                     self.kind = kind
                     self._opening = asyncio.get_running_loop().create_task(self._open(host, port))
                 case EndUpstream():
@@ -188,6 +198,7 @@ class ClientConnection(asyncio.Protocol):
                 case CloseClient(abort):
                     self._close_client(abort)
         self._update_reading()
+        self._sync_head_timer()
 
     async def _open(self, host: str, port: int) -> None:
         started = asyncio.get_running_loop().time()
@@ -197,6 +208,8 @@ class ClientConnection(asyncio.Protocol):
             self._failed(exc.status, exc.reason, target_error_kind(exc.status), started)
         except TunnelUnavailable as exc:
             self._failed(503, str(exc), "no_tunnel", started)
+        except TooManyStreams as exc:
+            self._failed(503, str(exc), "stream_limit", started)
         except PathError as exc:
             self._failed(exc.status, str(exc), "direct_path", started)
         except (StreamError, TunnelError) as exc:
@@ -242,7 +255,7 @@ class ClientConnection(asyncio.Protocol):
         if self.stream is not None:
             (self.stream.abort if abort else self.stream.write_eof)()
         if abort:
-            self.transport.abort()
+            reset_transport(self.transport)
         else:
             self.transport.close()
 
@@ -257,6 +270,20 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.transport.pause_reading()
 
+    def _sync_head_timer(self) -> None:
+        """Time the wait for a request head whenever the session waits for one (idle).
+
+        Armed once per wait, never extended by trickling bytes: a client
+        sending one byte a second still runs out of time.
+        """
+        waiting = self.session.idle and not self._closed
+        if not waiting:
+            self._cancel_head_timer()
+        elif self._head_timer is None:
+            loop = asyncio.get_running_loop()
+            timeout = self.agent.config.head_timeout
+            self._head_timer = loop.call_later(timeout, self._on_head_timeout)
+
     def _on_head_timeout(self) -> None:
         self._head_timer = None
         self.session.head_timed_out()
@@ -267,9 +294,19 @@ class ClientConnection(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    @property
+    def busy(self) -> bool:
+        """In the middle of an exchange: opening an upstream, forwarding, or a tunnel."""
+        return self._opening is not None or not (self.session.idle or self._closed)
+
+    def close_idle(self) -> None:
+        """Close a connection between requests (shutdown): an orderly close, no reset."""
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
     def close(self) -> None:
-        """Abort (shutdown deadline passed)."""
+        """Reset the connection and its upstream (shutdown deadline passed)."""
         if self.stream is not None:
             self.stream.abort()
-        if self.transport is not None:
-            self.transport.abort()
+        if self.transport is not None and not self._closed:
+            reset_transport(self.transport)

@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
-from fluidity.connection import StreamHandler, set_tcp_keepalive
+from fluidity.connection import StreamHandler, reset_transport, set_tcp_keepalive
 from fluidity.path import attach, open_path
 from fluidity.upstream import UpstreamProxyConfig
 
@@ -102,7 +102,7 @@ class DirectStream(asyncio.Protocol):
         self._closed = True
         self.handler = None
         if self.transport is not None:
-            self.transport.abort()
+            reset_transport(self.transport)  # a RST: the target must not take a cut for an end
 
     @property
     def tunnel_alive(self) -> bool:
