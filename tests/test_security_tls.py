@@ -175,6 +175,9 @@ async def agent_outcome(config: AgentConfig) -> tuple[TunnelState, str]:
     try:
         with contextlib.suppress(TunnelUnavailable):
             await agent.keeper.wait_ready(within=3.0)
+        async with asyncio.timeout(10):  # a first attempt may still be under way on a busy machine
+            while agent.keeper.state is not TunnelState.CONNECTED and not agent.keeper.last_error:
+                await asyncio.sleep(0.02)
         return agent.keeper.state, agent.keeper.last_error
     finally:
         await agent.shutdown(drain_timeout=0.5)
