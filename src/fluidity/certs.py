@@ -220,6 +220,15 @@ def refresh_crl(directory: Path) -> Path:
     return _write_crl(directory, _load_ca(directory), add_serial=None)
 
 
+def revoked_serials(pem: bytes, where: str = "the CRL") -> frozenset[int]:
+    """The serial numbers listed in the PEM CRL ``pem``; CertificateError if it is not one."""
+    try:
+        crl = x509.load_pem_x509_crl(pem)
+    except ValueError as exc:
+        raise CertificateError(f"{where} is not a PEM CRL ({exc}): fix or remove it") from exc
+    return frozenset(entry.serial_number for entry in crl)
+
+
 def check_private_key_file(path: Path) -> None:
     """Raise CertificateError unless ``path`` is a private key only its owner can use.
 
