@@ -59,7 +59,7 @@ def data_body_repr(frame: Any) -> str:
 def apply() -> None:
     """Install the fix; idempotent."""
     hyperframe.frame._raw_data_repr = raw_data_repr
-    hyperframe.frame.DataFrame._body_repr = data_body_repr
+    hyperframe.frame.DataFrame._body_repr = data_body_repr  # type: ignore[method-assign,assignment]
 
 
 def original_raw_data_repr(data: bytes | None) -> str:

@@ -41,6 +41,7 @@ from h2.errors import ErrorCodes
 
 from fluidity.errors import StreamError, TunnelClosed
 from fluidity.protocol import h2patch
+from fluidity.protocol.h2fast import CountingH2Connection
 from fluidity.protocol.events import (
     ConnectionTerminated,
     DataReceived,
@@ -94,8 +95,12 @@ class TunnelProtocol:
             validate_inbound_headers=True,
         )
         self.side = side
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2 = CountingH2Connection(config=config)
         self._streams: dict[int, _Stream] = {}
+        # Streams holding bytes (or an end) that the windows or a congested
+        # transport kept back: the only ones a window update or resume can move.
+        # Walking every stream instead costs O(n) per WINDOW_UPDATE.
+        self._waiting: dict[int, None] = {}  # an ordered set
         self._conn_unacked = 0
         self._output_paused = False
         self._refusing = False
@@ -114,6 +119,8 @@ class TunnelProtocol:
         }
         if self.side is Side.SERVER:
             settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = self._max_streams
+        else:
+            settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0  # see h2fast: no pushed streams
         # A settings *change* after the preface: h2 only raises its inbound
         # frame-size limit once the peer acknowledges it.
         self._h2.update_settings(settings)
@@ -243,6 +250,7 @@ class TunnelProtocol:
 
     def reset_stream(self, stream_id: int, error_code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """Abort the stream in both directions; queued bytes are discarded."""
+        self._waiting.pop(stream_id, None)
         if self._streams.pop(stream_id, None) is None:
             return
         try:
@@ -279,8 +287,11 @@ class TunnelProtocol:
             pass  # the peer finished sending; nothing to reopen
 
     def _flush_all(self, events: list[TunnelEvent]) -> None:
-        for stream_id, stream in list(self._streams.items()):
-            if stream.pending or (stream.end_requested and not stream.local_ended):
+        for stream_id in list(self._waiting):
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                del self._waiting[stream_id]
+            else:
                 self._flush(stream_id, stream, events)
 
     def _flush(self, stream_id: int, stream: _Stream, events: list[TunnelEvent]) -> None:
@@ -299,6 +310,10 @@ class TunnelProtocol:
                 h2conn.send_data(stream_id, chunk)
                 stream.pending.popleft()
             stream.pending_size -= size
+        if stream.pending:
+            self._waiting[stream_id] = None
+        else:
+            self._waiting.pop(stream_id, None)
         if stream.end_requested and not stream.pending and not stream.local_ended:
             stream.local_ended = True
             try:
@@ -316,6 +331,10 @@ class TunnelProtocol:
         match event:
             case h2.events.DataReceived():
                 self._on_data(event, events)
+            case h2.events.WindowUpdated(stream_id=stream_id) if stream_id:
+                stream = self._streams.get(stream_id)
+                if stream is not None and stream_id in self._waiting:
+                    self._flush(stream_id, stream, events)
             case h2.events.WindowUpdated() | h2.events.RemoteSettingsChanged():
                 self._flush_all(events)
             case h2.events.RequestReceived():
@@ -325,6 +344,7 @@ class TunnelProtocol:
             case h2.events.StreamEnded():
                 self._on_stream_ended(event.stream_id, events)
             case h2.events.StreamReset():
+                self._waiting.pop(event.stream_id, None)
                 if self._streams.pop(event.stream_id, None) is not None:
                     events.append(StreamReset(event.stream_id, int(event.error_code)))
             case h2.events.PingAckReceived():
@@ -377,12 +397,22 @@ class TunnelProtocol:
         else:
             stream.rejected_status = status
 
+    def _close_rejected(self, stream_id: int) -> None:
+        # The server ended its side with the refusal; ending ours closes the
+        # stream on both peers. Left half-closed it would count against
+        # MAX_CONCURRENT_STREAMS for the life of the connection.
+        try:
+            self._h2.end_stream(stream_id)
+        except h2.exceptions.ProtocolError:
+            pass  # already closed (reset): nothing to end
+
     def _on_stream_ended(self, stream_id: int, events: list[TunnelEvent]) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
             return
         if stream.rejected_status:
             del self._streams[stream_id]
+            self._close_rejected(stream_id)
             reason = stream.rejected_body.decode(errors="replace").strip()
             events.append(StreamRejected(stream_id, stream.rejected_status, reason))
             return
