@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import time
+from types import MappingProxyType
 from typing import Any, cast
 
 from fluidity.agent.client import ClientConnection
@@ -42,6 +43,8 @@ class Agent:
             backoff=Backoff(config.reconnect.initial, config.reconnect.max),
         )
         self.clients: set[ClientConnection] = set()
+        # One mapping shared by every session (sessions keep it, not a copy).
+        self._local_paths = MappingProxyType({STATUS_PATH: self._status_page})
         self.started = time.time()
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
@@ -134,7 +137,7 @@ class Agent:
             return _Refuser()
         session = ClientSession(
             credentials=self.credentials,
-            local_paths={STATUS_PATH: self._status_page},
+            local_paths=self._local_paths,
         )
         client = ClientConnection(self, session)
         self.clients.add(client)
