@@ -55,7 +55,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        set_tcp_keepalive(transport)
+        if self.agent.keepalive_clients:
+            set_tcp_keepalive(transport)
         loop = asyncio.get_running_loop()
         self._head_timer = loop.call_later(self.agent.config.head_timeout, self._on_head_timeout)
 

@@ -132,8 +132,10 @@ class TunnelProtocol:
         """Bytes to write to the transport, in order; empty when there are none."""
         return self._h2.data_to_send()
 
-    def receive_data(self, data: bytes) -> list[TunnelEvent]:
+    def receive_data(self, data: bytes | memoryview) -> list[TunnelEvent]:
         """Feed bytes read from the transport; return what happened.
+
+        ``data`` is copied before this returns: the caller may reuse its buffer.
 
         Raises ``TunnelClosed`` when the peer broke the protocol; a GOAWAY
         saying why is then waiting in ``data_to_send()``.
