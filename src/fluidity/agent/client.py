@@ -25,6 +25,7 @@ from fluidity.protocol.proxy import (
     OpenUpstream,
     SendClient,
     SendUpstream,
+    State,
 )
 
 if TYPE_CHECKING:
@@ -61,6 +62,15 @@ class ClientConnection(asyncio.Protocol):
         self._head_timer = loop.call_later(self.agent.config.head_timeout, self._on_head_timeout)
 
     def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is not None and self.session.state is State.RAW:
+            # A raw splice (CONNECT, upgrades): the session would only hand the
+            # bytes back as one SendUpstream. Skipping the round trip through it
+            # is the agent's half of turning the connection into a plain splice.
+            if not stream.write(data):
+                self._stream_full = True
+                self._update_reading()
+            return
         self.session.receive_client(data)
         self._pump()
 
@@ -91,8 +101,14 @@ class ClientConnection(asyncio.Protocol):
     # -- the tunnel stream (StreamHandler) -------------------------------
 
     def stream_data(self, data: bytes) -> None:
-        self.session.receive_upstream(data)
-        self._pump()
+        if self.session.state is State.RAW:
+            # Raw: the session would emit SendClient(data) (no data follows the
+            # stream's end, so there is nothing else for it to decide).
+            if self.transport is not None and not self._closed:
+                self.transport.write(data)
+        else:
+            self.session.receive_upstream(data)
+            self._pump()
         if self.stream is None:
             return
         if self._client_paused:
