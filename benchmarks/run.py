@@ -176,6 +176,14 @@ def measure(
     """Every metric for one system, in a fixed order; medians over ``plan.repeats``."""
     proxy, pids = system.proxy, system.pids
     result: dict[str, Any] = {"notes": system.notes}
+    # Idle tunnels first, on fresh processes: their cost, not the heap left
+    # behind by the load tests (rss_after_all_mb at the end shows that).
+    result["idle"] = (
+        clients.idle_tunnels(proxy, ports["echo"], system.max_idle, pids)
+        if proxy is not None and system.max_idle
+        else None
+    )
+    log("  idle", result["idle"])
     result["latency"] = clients.latency(
         proxy, ports["http"], plan.latency_count, plan.latency_warmup
     )
@@ -206,18 +214,13 @@ def measure(
         else None,
     }
     log("  bulk", result["bulk"])
-    result["idle"] = (
-        clients.idle_tunnels(proxy, ports["echo"], system.max_idle, pids)
-        if proxy is not None and system.max_idle
-        else None
-    )
-    log("  idle", result["idle"])
     result["long_transfer"] = (
         clients.transfer_with_rss(proxy, ports["source"], plan.long_transfer_bytes, pids)
         if pids
         else None
     )
     log("  long transfer", result["long_transfer"])
+    result["rss_after_all_mb"] = round(clients.rss_bytes(pids) / clients.MB, 1) if pids else None
     return result
 
 
