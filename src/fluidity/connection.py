@@ -418,13 +418,15 @@ class TunnelConnection(asyncio.BufferedProtocol):
 
 def set_tcp_keepalive(transport: asyncio.BaseTransport, idle: int = 30) -> None:
     """TCP keepalive and no Nagle delay on the transport's socket, where supported."""
-    fd = _fileno(transport)
-    if fd is None:
+    found = _family_and_fileno(transport)
+    if found is None:
         return
     # One plain socket object for all the options: uvloop's transport socket
     # builds a throwaway socket (and its syscalls) for every setsockopt call,
-    # which tripled the syscalls of opening a tunnel.
-    sock = socket.socket(fileno=fd)
+    # which tripled the syscalls of opening a tunnel. Family and type are
+    # given, so the constructor asks the kernel nothing.
+    family, fd = found
+    sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -438,9 +440,9 @@ def set_tcp_keepalive(transport: asyncio.BaseTransport, idle: int = 30) -> None:
         sock.detach()  # the transport owns the descriptor
 
 
-def _fileno(transport: asyncio.BaseTransport) -> int | None:
+def _family_and_fileno(transport: asyncio.BaseTransport) -> tuple[int, int] | None:
     sock = transport.get_extra_info("socket")
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
     fd: int = sock.fileno()
-    return fd if fd >= 0 else None
+    return (int(sock.family), fd) if fd >= 0 else None
