@@ -28,6 +28,8 @@ from typing import ClassVar, Literal
 
 from fluidity.configload import Section, load_config
 from fluidity.errors import ConfigError
+from fluidity.lifecycle.client import LifecycleConfig
+from fluidity.lifecycle.cloudwatch import CloudWatchConfig
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
@@ -237,6 +239,7 @@ class ServerConfig(Section):
     metrics: Address | None = None
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
+    cloudwatch: CloudWatchConfig | None = None
 
 
 # -- agent -------------------------------------------------------------------------------------
@@ -312,6 +315,7 @@ class AgentConfig(Section):
     metrics: Address | None = None
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
+    lifecycle: LifecycleConfig | None = None
 
     @property
     def server_hostname(self) -> str:

@@ -21,6 +21,7 @@ from fluidity.config import ServerConfig
 from fluidity.connection import TunnelConnection
 from fluidity.dialer import Dialer, DialSettings
 from fluidity.errors import StreamError, TargetError
+from fluidity.lifecycle.cloudwatch import MetricsPublisher
 from fluidity.protocol.policy import TargetPolicy
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
@@ -65,6 +66,7 @@ class Server:
         self._dials: set[asyncio.Task[None]] = set()
         self._splices: set[Splice] = set()
         self._last_activity = time.time()
+        self._publisher: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> None:
@@ -82,6 +84,9 @@ class Server:
         )
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
+        if self.config.cloudwatch is not None:
+            publisher = MetricsPublisher(self.config.cloudwatch)
+            self._publisher = loop.create_task(publisher.run(self.activity), name="cloudwatch")
         log.info(
             "fluidity server listening on %s:%d (TLS 1.3, client certificates required)",
             *self.address,
@@ -98,6 +103,8 @@ class Server:
         """Stop accepting, let open streams finish up to the deadline, then close all."""
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
         started = time.monotonic()
+        if self._publisher is not None:
+            self._publisher.cancel()
         if self._listener is not None:
             self._listener.close()
         for conn in list(self._connections):

@@ -46,7 +46,7 @@ def test_the_publisher_without_boto3_is_a_config_error_naming_the_extra() -> Non
         from fluidity.errors import ConfigError
         from fluidity.lifecycle.cloudwatch import Activity, CloudWatchConfig, MetricsPublisher
 
-        publisher = MetricsPublisher(CloudWatchConfig("fluidity-server"))
+        publisher = MetricsPublisher(CloudWatchConfig("fluidity-server", method="api"))
         try:
             asyncio.run(publisher.run(lambda: Activity(0, 0, 0.0)))
         except ConfigError as exc:
@@ -68,3 +68,21 @@ def test_the_lambda_handlers_need_nothing_but_the_standard_library_and_boto3() -
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[]\n"
+
+
+def test_the_client_without_botocore_is_a_config_error_naming_the_extra() -> None:
+    result = run_without_boto(
+        """
+        import asyncio
+        from fluidity.errors import ConfigError
+        from fluidity.lifecycle.client import ControlPlaneClient, LifecycleConfig
+
+        client = ControlPlaneClient(LifecycleConfig("http://127.0.0.1:9/", "http://127.0.0.1:9/"))
+        try:
+            asyncio.run(client.query())
+        except ConfigError as exc:
+            print(exc)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "needs botocore to sign its calls; install 'fluidity[aws]'" in result.stdout

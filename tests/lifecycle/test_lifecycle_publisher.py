@@ -77,7 +77,9 @@ async def test_run_publishes_every_interval_with_the_default_sink(fargate: Farga
         snapshots.put_nowait(snapshot)
         return snapshot
 
-    publisher = MetricsPublisher(CloudWatchConfig(SERVICE, interval=0.001, region=REGION))
+    publisher = MetricsPublisher(
+        CloudWatchConfig(SERVICE, interval=0.001, region=REGION, method="api")
+    )
     task = asyncio.create_task(publisher.run(activity))
     # the third snapshot is taken only after the first two were published
     for _ in range(3):
@@ -171,3 +173,24 @@ def test_a_cloudwatch_config_with_a_bad_value_names_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
         CloudWatchConfig(**{"service": SERVICE, **fields})
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerActivity:
+    """Another snapshot type with the same three fields, as the server keeps its own."""
+
+    active_connections: int
+    active_streams: int
+    last_activity: float
+
+
+async def test_any_snapshot_with_the_three_fields_is_published() -> None:
+    sink = FlakySink(failures=0)
+    publisher = MetricsPublisher(CloudWatchConfig(SERVICE), sink)
+    assert await publisher.publish(sink, ServerActivity(1, 3, NOW))
+    (_, data) = sink.calls[0]
+    assert [(d["MetricName"], d["Value"], d["Unit"]) for d in data] == [
+        ("ActiveConnections", 1.0, "Count"),
+        ("ActiveStreams", 3.0, "Count"),
+        ("LastActivityEpochSeconds", NOW, "None"),
+    ]

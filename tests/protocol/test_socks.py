@@ -5,7 +5,10 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from fluidity.protocol.proxyevents import ProxyStateError
 from fluidity.protocol.socks import (
     MAX_EARLY_DATA,
     CloseClient,
@@ -261,6 +264,23 @@ class TestUsernamePassword:
         assert session.receive(wire) == [SendClient(b"\x01\x01"), CloseClient()]
 
 
-def test_calls_out_of_turn_are_programming_errors() -> None:
-    with pytest.raises(RuntimeError, match="upstream_opened"):
+def test_calls_out_of_turn_are_driver_errors() -> None:
+    with pytest.raises(
+        ProxyStateError, match=r"upstream_opened\(\) is legal only in state CONNECTING"
+    ):
         SocksSession().upstream_opened()
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(
+    data=st.lists(st.binary(max_size=40), max_size=8),
+    credentials=st.sampled_from([None, ("alice", "s3cret")]),
+)
+def test_arbitrary_client_bytes_never_raise_and_close_at_most_once(
+    data: list[bytes], credentials: tuple[str, str] | None
+) -> None:
+    session = SocksSession(credentials)
+    events = [event for chunk in data for event in session.receive(chunk)]
+    closes = [e for e in events if isinstance(e, CloseClient)]
+    assert len(closes) <= 1 and (not closes or events[-1] == closes[0])
+    assert (session.state is State.CLOSED) == bool(closes)

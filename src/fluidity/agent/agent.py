@@ -13,7 +13,8 @@ from typing import Any, cast
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.keeper import TunnelKeeper
 from fluidity.config import AgentConfig
-from fluidity.errors import ConfigError, ProxyProtocolError
+from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
+from fluidity.lifecycle.client import ControlPlaneClient
 from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
 from fluidity.protocol.retry import Backoff
 from fluidity.tls import agent_context, describe
@@ -54,8 +55,15 @@ class Agent:
         self._keeper_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start keeping the tunnel and listening; ``address`` holds the bound address."""
+        """Start keeping the tunnel and listening; ``address`` holds the bound address.
+
+        With a ``lifecycle:`` section the cloud server is woken first, and the
+        tunnel goes to the address the control plane reports once it is ready.
+        """
         loop = asyncio.get_running_loop()
+        if self.config.lifecycle is not None:
+            control = ControlPlaneClient(self.config.lifecycle)
+            self.keeper.host = await control.wait_until_ready(progress=log.info)
         self._keeper_task = loop.create_task(self.keeper.run(), name="tunnel-keeper")
         listen = self.config.listen
         try:
@@ -102,8 +110,20 @@ class Agent:
         if self._keeper_task is not None:
             self._keeper_task.cancel()
             await asyncio.gather(self._keeper_task, return_exceptions=True)
+        await self._kill_cloud_server()
         if self._listener is not None:
             await self._listener.wait_closed()
+
+    async def _kill_cloud_server(self) -> None:
+        lifecycle = self.config.lifecycle
+        if lifecycle is None or not lifecycle.kill_on_exit:
+            return
+        try:
+            status = await ControlPlaneClient(lifecycle).kill()
+        except (LifecycleError, ConfigError) as exc:
+            log.warning("could not stop the cloud server: %s", exc)
+        else:
+            log.info("asked the cloud server to stop: %s", status.status.value)
 
     def forget(self, client: ClientConnection) -> None:
         self.clients.discard(client)

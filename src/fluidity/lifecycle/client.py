@@ -248,8 +248,13 @@ class ControlPlaneClient:
     def _signed(self, method: str, url: str) -> HttpRequest:
         """Sign in a worker thread: the first call may read files or fetch SSO tokens."""
         if self._signer is None:
-            from fluidity.lifecycle import aws
-
+            try:
+                from fluidity.lifecycle import aws
+            except ImportError as exc:
+                raise ConfigError(
+                    "the lifecycle: section needs botocore to sign its calls; "
+                    "install 'fluidity[aws]'"
+                ) from exc
             self._signer = aws.SigV4Signer(self.config.region or region_of(url))
         return HttpRequest(method, url, self._signer.sign(method, url, b""))
 

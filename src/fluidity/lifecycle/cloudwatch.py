@@ -18,10 +18,13 @@ publish is logged and the loop goes on: metrics are best effort, the tunnel is n
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TextIO
 
 from fluidity.errors import ConfigError, FluidityError, LifecycleError
 
@@ -34,12 +37,18 @@ class CloudWatchConfig:
 
     ``service`` is the ECS service name (the ``ServiceName`` dimension the control
     plane filters on); ``region`` defaults to the standard AWS region chain.
+    ``method`` ``emf`` (the default) writes CloudWatch Embedded Metric Format lines
+    to standard output, which the awslogs driver of an ECS task turns into the
+    same metrics with no AWS SDK and no credentials in the container; ``api``
+    calls ``PutMetricData`` with boto3 (``fluidity[aws]``), for servers whose
+    output does not go to CloudWatch Logs.
     """
 
     service: str
     namespace: str = "Fluidity"
     interval: float = 60.0
     region: str | None = None
+    method: Literal["emf", "api"] = "emf"
 
     def __post_init__(self) -> None:
         if not self.service:
@@ -57,13 +66,24 @@ class Activity:
     last_activity: float
 
 
+class ActivityLike(Protocol):
+    """Anything with :class:`Activity`'s three read-only fields (e.g. the server's own)."""
+
+    @property
+    def active_connections(self) -> int: ...
+    @property
+    def active_streams(self) -> int: ...
+    @property
+    def last_activity(self) -> float: ...
+
+
 class MetricSink(Protocol):
     """Where metric data goes: ``PutMetricData`` in production, a list in a test."""
 
     def put(self, namespace: str, data: Sequence[Mapping[str, Any]]) -> None: ...
 
 
-def metric_data(service: str, activity: Activity) -> list[dict[str, Any]]:
+def metric_data(service: str, activity: ActivityLike) -> list[dict[str, Any]]:
     """The three CloudWatch metric datums for one snapshot (pure)."""
     dimensions = [{"Name": "ServiceName", "Value": service}]
     return [
@@ -88,6 +108,42 @@ def metric_data(service: str, activity: Activity) -> list[dict[str, Any]]:
     ]
 
 
+class EmfSink:
+    """Writes each snapshot as one CloudWatch Embedded Metric Format JSON line."""
+
+    def __init__(
+        self, stream: TextIO | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._stream = stream
+        self._clock = clock
+
+    def put(self, namespace: str, data: Sequence[Mapping[str, Any]]) -> None:
+        stream = self._stream or sys.stdout
+        stream.write(json.dumps(emf_document(namespace, data, self._clock())) + "\n")
+        stream.flush()
+
+
+def emf_document(namespace: str, data: Sequence[Mapping[str, Any]], now: float) -> dict[str, Any]:
+    """The EMF form of ``metric_data`` (pure): one document, one value per metric."""
+    dimensions = {d["Name"]: d["Value"] for datum in data for d in datum["Dimensions"]}
+    document: dict[str, Any] = {
+        "_aws": {
+            "Timestamp": int(now * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": namespace,
+                    "Dimensions": [sorted(dimensions)],
+                    "Metrics": [{"Name": d["MetricName"], "Unit": d["Unit"]} for d in data],
+                }
+            ],
+        },
+        **dimensions,
+    }
+    for datum in data:
+        document[datum["MetricName"]] = datum["Value"]
+    return document
+
+
 class MetricsPublisher:
     """Publishes :class:`Activity` snapshots every ``config.interval`` seconds until cancelled.
 
@@ -100,7 +156,7 @@ class MetricsPublisher:
         self.published = 0
         self.failed = 0
 
-    async def run(self, activity: Callable[[], Activity]) -> None:
+    async def run(self, activity: Callable[[], ActivityLike]) -> None:
         """Publish now, then every interval; returns only by cancellation.
 
         Raises :class:`ConfigError` at once if the default sink cannot be made
@@ -110,13 +166,15 @@ class MetricsPublisher:
         finishes its one HTTPS call on its own and its result is dropped.
         """
         sink = self._sink
+        if sink is None and self.config.method == "emf":
+            sink = EmfSink()
         if sink is None:
             sink = await asyncio.to_thread(self._default_sink)
         while True:
             await self.publish(sink, activity())
             await asyncio.sleep(self.config.interval)
 
-    async def publish(self, sink: MetricSink, snapshot: Activity) -> bool:
+    async def publish(self, sink: MetricSink, snapshot: ActivityLike) -> bool:
         """Send one snapshot; log and count a failure instead of raising it."""
         data = metric_data(self.config.service, snapshot)
         try:

@@ -31,50 +31,34 @@ import hmac
 import ipaddress
 import re
 import struct
-from dataclasses import dataclass
 
 from fluidity.errors import ProxyProtocolError
+from fluidity.protocol.proxyevents import (
+    CloseClient,
+    EndUpstream,
+    OpenUpstream,
+    ProxyEvent,
+    ProxyStateError,
+    SendClient,
+    SendUpstream,
+)
 
-# The event classes mirror those of the HTTP core (fluidity.protocol.proxy), which is
-# being written alongside; the driver dispatches both with the same ``match``.
+__all__ = [
+    "CloseClient",
+    "EndUpstream",
+    "OpenUpstream",
+    "Reply",
+    "SendClient",
+    "SendUpstream",
+    "SocksSession",
+    "State",
+    "encode_reply",
+    "is_socks5",
+    "reply_for_status",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class OpenUpstream:
-    """Open a tunnel stream to ``host:port``; answer with ``upstream_opened/failed``."""
-
-    host: str
-    port: int
-    kind: str = "socks"
-
-
-@dataclass(frozen=True, slots=True)
-class SendClient:
-    """Write ``data`` to the client."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SendUpstream:
-    """Write ``data`` to the tunnel stream."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class EndUpstream:
-    """The client sent EOF: half-close the tunnel stream."""
-
-
-@dataclass(frozen=True, slots=True)
-class CloseClient:
-    """Close the client connection (``abort``: reset it rather than flush and close)."""
-
-    abort: bool = False
-
-
-Event = OpenUpstream | SendClient | SendUpstream | EndUpstream | CloseClient
+# The same events as the HTTP core speaks, so one driver dispatches both.
+Event = ProxyEvent
 
 VERSION = 0x05
 AUTH_VERSION = 0x01
@@ -316,11 +300,14 @@ class SocksSession:
         return [*events, CloseClient()]
 
     def _expect(self, state: State, call: str) -> bool:
-        """True when the session is already closed; raise if ``call`` is out of turn."""
+        """True when the session is already closed; ProxyStateError if ``call`` is out of turn."""
         if self.state is State.CLOSED:
             return True
         if self.state is not state:
-            raise RuntimeError(f"{call}() called in state {self.state.value}, not {state.value}")
+            raise ProxyStateError(
+                f"{call}() is legal only in state {state.name}, but the SOCKS5 session is "
+                f"{self.state.name}: follow the events it emits"
+            )
         return False
 
 
