@@ -64,6 +64,7 @@ _V4_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 _NUMBER_LABEL = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
 
 
+@functools.lru_cache(maxsize=4096)  # pure; checked on the path of every new tunnel
 def parse_ip_literal(host: str) -> IPAddress | None:
     """Return the address ``host`` spells, or None when ``host`` is a name, not an address.
 
