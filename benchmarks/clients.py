@@ -17,7 +17,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -349,6 +348,3 @@ async def _idle(
 
 def median_of(runs: list[float]) -> float:
     return statistics.median(runs)
-
-
-Measure = Callable[[], dict[str, object]]
