@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,7 @@ METRICS = ("latency", "load", "bulk", "idle", "long_transfer")
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    plan = SMOKE if args.smoke else FULL
-    raise_nofile()
+    plan = fit_to_nofile(SMOKE if args.smoke else FULL, raise_nofile())
     wanted = args.systems.split(",") if args.systems else list(systems.available())
     results = run(plan, wanted, log=print if not args.quiet else lambda *_: None)
     out = Path(args.out)
@@ -89,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(report.markdown(results))
     return 0
+
+
+def fit_to_nofile(plan: Plan, nofile: int) -> Plan:
+    """Hold no more idle tunnels than one process may have sockets (minus a margin)."""
+    room = max(nofile - 256, 1)
+    return replace(
+        plan,
+        idle_tunnels=min(plan.idle_tunnels, room),
+        idle_tunnels_baseline=min(plan.idle_tunnels_baseline, room),
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
