@@ -11,6 +11,8 @@ I/O boundary and nowhere else::
     │   ├── TunnelUnavailable  no tunnel could be had in time
     │   ├── HandshakeError     TLS handshake failed or was refused
     │   │   └── AuthenticationError  the server refused our client certificate
+    │   ├── PathError          no TCP path to a host: directly or through the corporate proxy
+    │   │   └── UpstreamProxyError  the corporate proxy would not carry us (407, 403, ...)
     │   └── TunnelClosed       the connection ended (GOAWAY, EOF, reset, ping timeout)
     ├── StreamError            one proxied stream failed; the tunnel lives on
     │   └── StreamRefused      the server answered the CONNECT with an error status
@@ -53,6 +55,21 @@ class HandshakeError(TunnelError):
 
 class AuthenticationError(HandshakeError):
     """The server refused our client certificate."""
+
+
+class PathError(TunnelError):
+    """No TCP connection to a host could be opened, directly or through the corporate
+    proxy; ``status`` is what a local client is answered when it waited for it (502,
+    504 for a timeout)."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamProxyError(PathError):
+    """The corporate proxy would not carry us to the host (refused credentials, a 403,
+    an unreachable proxy); the message names the proxy, what it said and the fix."""
 
 
 class TunnelClosed(TunnelError):

@@ -13,35 +13,48 @@ failure naming our certificate.
 
 Client requests wait for the tunnel (``connect_wait``) instead of failing
 the moment it blinks.
+
+The TCP path to the server comes from a connector (by default
+:func:`fluidity.path.open_path` without a proxy; the agent passes its
+``upstream_proxy:``), called afresh for every attempt so a PAC file is
+evaluated again on each reconnect; TLS then runs over that path.
+``handshake_timeout`` bounds the whole of it: the proxy's CONNECT exchange
+included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from enum import Enum
+from typing import Protocol
 
 from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
 from fluidity.errors import (
     AuthenticationError,
     HandshakeError,
+    PathError,
     StreamError,
     TunnelClosed,
     TunnelError,
     TunnelUnavailable,
 )
+from fluidity.path import Streams, attach_tls, open_path
 from fluidity.protocol.retry import Backoff
 from fluidity.protocol.tunnel import Side
 
 log = logging.getLogger(__name__)
 
-# Opens the TCP path to the server: directly, or through a corporate proxy.
-# Returns a connected socket, or None to let asyncio connect directly.
-Connector = Callable[[str, int], Awaitable[socket.socket | None]]
+
+class Connector(Protocol):
+    """Opens the TCP path to the server within ``timeout`` seconds: directly, or
+    through a corporate proxy. Raises PathError (see :func:`fluidity.path.open_path`)."""
+
+    def __call__(self, host: str, port: int, *, timeout: float) -> Awaitable[Streams]: ...
 
 
 class TunnelState(Enum):
@@ -78,7 +91,7 @@ class TunnelKeeper:
         self._handshake_timeout = handshake_timeout
         self.connect_wait = connect_wait
         self._backoff = backoff or Backoff(0.5, 30.0)
-        self._connector = connector
+        self._connector = connector or functools.partial(open_path, None)
         self._conn: TunnelConnection | None = None
         self._up = asyncio.Event()
         self.state = TunnelState.CONNECTING
@@ -178,34 +191,30 @@ class TunnelKeeper:
         self.last_error = f"connection lost ({reason})"
 
     async def _establish(self) -> TunnelConnection:
-        loop = asyncio.get_running_loop()
         interval, timeout = self._keepalive
-        factory = lambda: TunnelConnection(  # noqa: E731
+        conn = TunnelConnection(
             Side.AGENT,
             keepalive_interval=interval,
             keepalive_timeout=timeout,
             peer_name=f"server {self.address}",
         )
+        # The connector and the TLS handshake share one budget; each bounds itself so
+        # its failure names what it waited for. The outer timeout is a safety net.
+        budget = self._handshake_timeout
+        deadline = asyncio.get_running_loop().time() + budget
         try:
-            async with asyncio.timeout(self._handshake_timeout):
-                sock = await self._connector(self.host, self.port) if self._connector else None
-                if sock is None:
-                    _, conn = await loop.create_connection(
-                        factory,
-                        self.host,
-                        self.port,
-                        ssl=self._context,
-                        server_hostname=self.server_name,
-                        ssl_handshake_timeout=self._handshake_timeout,
-                    )
-                else:
-                    _, conn = await loop.create_connection(
-                        factory,
-                        sock=sock,
-                        ssl=self._context,
-                        server_hostname=self.server_name,
-                        ssl_handshake_timeout=self._handshake_timeout,
-                    )
+            async with asyncio.timeout(budget + 0.5):
+                streams = await self._connector(self.host, self.port, timeout=budget)
+                remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
+                await attach_tls(
+                    streams,
+                    conn,
+                    self._context,
+                    server_hostname=self.server_name,
+                    timeout=remaining,
+                )
+        except PathError:
+            raise  # names the proxy or the address already
         except ssl.SSLCertVerificationError as exc:
             raise HandshakeError(
                 f"cannot verify the server certificate of {self.address} "
@@ -215,9 +224,13 @@ class TunnelKeeper:
             raise HandshakeError(f"cannot connect to {self.address}: {exc}") from exc
         except TimeoutError as exc:
             raise HandshakeError(
-                f"connecting to {self.address} timed out after {self._handshake_timeout:g} s"
+                f"connecting to {self.address} timed out after {budget:g} s"
             ) from exc
-        return await self._await_first_word(conn)
+        try:
+            return await self._await_first_word(conn)
+        except asyncio.CancelledError:
+            conn.close_now("agent stopping")  # not ours yet: run()'s cleanup cannot see it
+            raise
 
     async def _await_first_word(self, conn: TunnelConnection) -> TunnelConnection:
         try:

@@ -142,6 +142,13 @@ class ClientSession:
         open_states = (State.IDLE, State.FORWARDING, State.RAW)
         return self._state in open_states and len(self._inbox) < self._max_head
 
+    @property
+    def relaying(self) -> bool:
+        """Whether the session is RAW: it would hand client bytes back as one
+        ``SendUpstream`` and upstream bytes as one ``SendClient``, so the driver
+        may move them itself and call the session only for ends (``b""``)."""
+        return self._state is State.RAW
+
     def next_event(self) -> ProxyEvent | None:
         """The oldest event not yet taken, or None."""
         return self._events.pop(0) if self._events else None
