@@ -506,7 +506,7 @@ def _make_private_directory(directory: Path) -> None:
         return
     try:
         directory.mkdir(parents=True, mode=0o700)
-        if os.name != "nt":
+        if os.name != "nt":  # windows: ACLs, not modes, protect the directory there
             directory.chmod(0o700)  # mkdir's mode is filtered by the umask
     except OSError as exc:
         raise CertificateError(f"cannot create {directory}: {exc.strerror}") from exc

@@ -23,7 +23,7 @@ def check_private_key_file(path: Path) -> None:
     is checked.
     """
     try:
-        mode = path.stat().st_mode & 0o777
+        mode = path.stat().st_mode & 0o777  # windows: read, but only judged on POSIX below
     except OSError as exc:
         raise CertificateError(f"cannot read private key {path}: {exc.strerror}") from exc
     if os.name == "nt" or not mode & 0o077:

@@ -4,6 +4,9 @@ Each agent connection is a ``TunnelConnection``; each CONNECT stream on it
 becomes one dial task (policy, resolution, retries, circuit breaker) and, once
 the target answers, a ``Splice`` that carries bytes with no task at all.
 
+TLS is accepted by ``TLSAcceptor`` (plain TCP upgraded with ``start_tls``)
+so that every failed handshake is logged once with its reason and counted.
+
 Shutdown drains: the listener closes, new streams are refused with
 REFUSED_STREAM (the agent retries them elsewhere), open streams finish up to
 the deadline, and only then each connection gets its GOAWAY.
@@ -22,11 +25,14 @@ from fluidity.connection import TunnelConnection
 from fluidity.dialer import Dialer, DialSettings
 from fluidity.errors import StreamError, TargetError
 from fluidity.lifecycle.cloudwatch import MetricsPublisher
+from fluidity.metrics import Metrics, Snapshot
+from fluidity.metricsserver import MetricsServer
 from fluidity.protocol.policy import TargetPolicy
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
 from fluidity.splice import Splice
 from fluidity.tls import server_context
+from fluidity.tlsaccept import TLSAcceptor
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +69,27 @@ class Server:
         )
         self._listener: asyncio.Server | None = None
         self._connections: set[TunnelConnection] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._dials: set[asyncio.Task[None]] = set()
         self._splices: set[Splice] = set()
         self._last_activity = time.time()
+        self._closed_bytes = (0, 0)  # (in, out) of connections gone, for monotonic counters
         self._publisher: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
+        self.metrics = Metrics("server")
+        self.metrics.watch(self._snapshot)
+        self.metrics_server = (
+            MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
+        )
 
     async def start(self) -> None:
         """Bind the listener; ``address`` then holds the bound host and port."""
         loop = asyncio.get_running_loop()
         listen = self.config.listen
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         self._listener = await loop.create_server(
-            self._make_connection,
-            listen.host,
-            listen.port,
-            ssl=self.context,
-            ssl_handshake_timeout=self.config.limits.handshake_timeout,
-            reuse_address=True,
-            backlog=1024,
+            self._make_acceptor, listen.host, listen.port, backlog=1024
         )
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
@@ -107,6 +116,8 @@ class Server:
             self._publisher.cancel()
         if self._listener is not None:
             self._listener.close()
+        for task in list(self._handshakes):
+            task.cancel()
         for conn in list(self._connections):
             conn.refuse_new_streams()
         log.info("draining: %d streams open, waiting up to %.0f s", self._open_streams(), timeout)
@@ -128,6 +139,8 @@ class Server:
             conn.close("server shutting down")
         if self._listener is not None:
             await self._listener.wait_closed()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         log.info("drained in %.2f s", time.monotonic() - started)
 
     def activity(self) -> Activity:
@@ -139,6 +152,35 @@ class Server:
 
     def _open_streams(self) -> int:
         return sum(conn.active_streams for conn in self._connections)
+
+    def _snapshot(self) -> Snapshot:
+        """Live state for a metrics scrape."""
+        closed_in, closed_out = self._closed_bytes
+        circuits: dict[str, int] = {}
+        for state in self.dialer.breaker.states(time.monotonic()).values():
+            circuits[state.value] = circuits.get(state.value, 0) + 1
+        return Snapshot(
+            tunnel_connections=len(self._connections),
+            streams_active={"connect": self._open_streams()},
+            bytes_received=closed_in + sum(c.bytes_in for c in self._connections),
+            bytes_sent=closed_out + sum(c.bytes_out for c in self._connections),
+            circuits=circuits,
+        )
+
+    def _make_acceptor(self) -> TLSAcceptor:
+        return TLSAcceptor(
+            self.context,
+            self.config.limits.handshake_timeout,
+            self._make_connection,
+            self._handshake_failed,
+            self._handshakes,
+        )
+
+    def _handshake_failed(self, peer: str, reason: str, exc: BaseException) -> None:
+        self.metrics.handshake_failed(reason)
+        # Scanners and dropped connections are routine; certificate trouble is news.
+        level = logging.DEBUG if reason in ("not_tls", "connection_lost") else logging.INFO
+        log.log(level, "TLS handshake from %s failed (%s): %s", peer, reason, _describe(exc))
 
     def _make_connection(self) -> TunnelConnection:
         conn = _ServerConnection(
@@ -160,10 +202,14 @@ class Server:
             )
             return False
         self._connections.add(conn)
+        self.metrics.connection_made()
         return True
 
     def _forget(self, conn: TunnelConnection) -> None:
-        self._connections.discard(conn)
+        if conn in self._connections:
+            self._connections.discard(conn)
+            closed_in, closed_out = self._closed_bytes
+            self._closed_bytes = (closed_in + conn.bytes_in, closed_out + conn.bytes_out)
         self._last_activity = max(self._last_activity, conn.last_activity)
 
     def _on_stream_request(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
@@ -175,10 +221,12 @@ class Server:
 
     async def _serve_stream(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
         splice = Splice(on_close=self._splices.discard)
+        started = time.monotonic()
         try:
             transport, _ = await self.dialer.dial(authority, lambda: splice)
         except TargetError as exc:
             log.info("%s: CONNECT %s -> %d: %s", conn.peer_name, authority, exc.status, exc)
+            self.metrics.stream_refused(exc.kind, exc.status, time.monotonic() - started)
             conn.reject(stream_id, exc.status, str(exc))
             return
         try:
@@ -188,6 +236,7 @@ class Server:
             return
         self._splices.add(splice)
         splice.attach(stream)
+        self.metrics.stream_opened("connect", time.monotonic() - started)
         log.debug("%s: CONNECT %s -> 200", conn.peer_name, authority)
 
 
@@ -212,6 +261,10 @@ class _ServerConnection(TunnelConnection):
         super().connection_lost(exc)
         self._server._forget(self)
         log.info("agent disconnected: %s (%s)", self.peer_name, self.closed.result())
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _common_name(cert: dict[str, object]) -> str | None:
