@@ -18,6 +18,7 @@ payloads = st.one_of(
 def test_the_patch_is_installed_at_import() -> None:
     assert hyperframe.frame._raw_data_repr is h2patch.raw_data_repr
     assert hyperframe.frame.DataFrame._body_repr is h2patch.data_body_repr
+    assert hyperframe.frame.DataFrame.serialize_body is h2patch.data_serialize_body
 
 
 @given(payloads)
@@ -65,3 +66,36 @@ def test_parsed_data_frames_repr_like_the_original(data: bytes) -> None:
 def test_other_frames_keep_their_own_repr() -> None:
     frame = hyperframe.frame.HeadersFrame(1, b"\x82" * 40)
     assert repr(frame).endswith("data=<hex:82828282828282828282...>")
+
+
+@given(
+    data=payloads,
+    as_view=st.booleans(),
+    end_stream=st.booleans(),
+    padded=st.booleans(),
+    pad_length=st.integers(min_value=0, max_value=255),
+)
+def test_data_frames_serialise_exactly_like_the_original(
+    data: bytes, as_view: bool, end_stream: bool, padded: bool, pad_length: int
+) -> None:
+    def frame() -> hyperframe.frame.DataFrame:
+        flags = {"END_STREAM"} if end_stream else set()
+        if padded:
+            flags.add("PADDED")
+        payload = memoryview(data)[: len(data)] if as_view else data
+        return hyperframe.frame.DataFrame(
+            7, payload, flags=flags, pad_length=pad_length if padded else 0
+        )
+
+    patched, original = frame(), frame()
+    assert patched.serialize_body() == h2patch.original_data_frame_serialize_body(original)
+    wire = frame().serialize()  # a whole frame, header included, reads back the same
+    parsed, length = hyperframe.frame.Frame.parse_frame_header(memoryview(wire[:9]))
+    parsed.parse_body(memoryview(wire[9 : 9 + length]))
+    assert parsed.data == data and parsed.flags == patched.flags
+
+
+def test_an_unpadded_payload_is_not_copied() -> None:
+    payload = bytes(256 * 1024)
+    frame = hyperframe.frame.DataFrame(1, payload)
+    assert frame.serialize_body() is payload

@@ -13,8 +13,14 @@ builds it the slow way twice over:
 For a 256 KiB DATA frame that is a 256 KiB copy and half a megabyte of hex
 thrown away -- about half the receiving CPU in bulk transfers.
 
-The replacements look only at the bytes that can appear in the result (the
-first 11), so their output is identical for every input;
+And when a DATA frame is sent, ``DataFrame.serialize_body`` joins the padding
+length, the payload and the padding into a new buffer even when there is no
+padding (always, here), before ``Frame.serialize`` copies it once more behind
+the header: one full copy of every byte sent, for nothing.
+
+The repr replacements look only at the bytes that can appear in the result
+(the first 11), and the body replacement returns the payload itself when there
+is no padding, so their output is identical for every input;
 ``tests/protocol/test_h2patch.py`` checks that and ``benchmarks/frame_repr.py``
 measures the difference.
 """
@@ -27,6 +33,7 @@ from typing import Any
 import hyperframe.frame
 
 _ORIGINAL = hyperframe.frame._raw_data_repr
+_ORIGINAL_DATA_SERIALIZE_BODY = hyperframe.frame.DataFrame.serialize_body
 _PAD_ZEROES = b"\0" * 11
 
 # _raw_data_repr keeps 20 hex digits (10 bytes) and adds "..." when there were
@@ -56,10 +63,22 @@ def data_body_repr(frame: Any) -> str:
     return raw_data_repr(head)
 
 
+def data_serialize_body(frame: Any) -> bytes:
+    """``DataFrame.serialize_body`` without copying an unpadded payload."""
+    if frame.pad_length or "PADDED" in frame.flags:
+        return _ORIGINAL_DATA_SERIALIZE_BODY(frame)
+    data = frame.data
+    if isinstance(data, memoryview):
+        frame.data = data = data.tobytes()  # as the original does
+    return data if type(data) is bytes else bytes(data)
+
+
 def apply() -> None:
-    """Install the fix; idempotent."""
+    """Install the fixes; idempotent."""
     hyperframe.frame._raw_data_repr = raw_data_repr
-    hyperframe.frame.DataFrame._body_repr = data_body_repr  # type: ignore[method-assign,assignment]
+    frame_class: Any = hyperframe.frame.DataFrame
+    frame_class._body_repr = data_body_repr
+    frame_class.serialize_body = data_serialize_body
 
 
 def original_raw_data_repr(data: bytes | None) -> str:
@@ -67,7 +86,13 @@ def original_raw_data_repr(data: bytes | None) -> str:
     return _ORIGINAL(data)
 
 
+def original_data_frame_serialize_body(frame: hyperframe.frame.DataFrame) -> bytes:
+    """The unpatched ``DataFrame.serialize_body``, for the equivalence test."""
+    body: bytes = _ORIGINAL_DATA_SERIALIZE_BODY(frame)
+    return body
+
+
 def original_data_frame_repr(frame: hyperframe.frame.DataFrame) -> str:
     """``repr(frame)`` as unpatched hyperframe builds it (whole body serialised, hexlified)."""
-    body = _ORIGINAL(frame.serialize_body())
+    body = _ORIGINAL(_ORIGINAL_DATA_SERIALIZE_BODY(frame))
     return f"{type(frame).__name__}(stream_id={frame.stream_id}, flags={frame.flags!r}): {body}"
