@@ -134,6 +134,12 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("skipped"):
         lines += ["", *(f"- {n}: {why}" for n, why in results["skipped"].items())]
     notes = [f"- {n}: {s['notes']}" for n, s in systems.items() if s.get("notes")]
+    notes += [
+        f"- {n}: machine load average {s['load_average'][0]:.1f} at the start, "
+        f"{s['load_average'][1]:.1f} at the end"
+        for n, s in systems.items()
+        if s.get("load_average")
+    ]
     lines += ["", *notes] if notes else []
     lines += [
         "",

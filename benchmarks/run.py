@@ -127,7 +127,10 @@ def run(plan: Plan, wanted: list[str], log: Callable[..., None]) -> dict[str, An
                 continue
             log(f"== {name}")
             with start(name, workdir, plan) as system:
+                before = os.getloadavg()[0]
                 results["systems"][name] = measure(system, ports, plan, log)
+                # Everything here is CPU-bound: what else ran shows in these.
+                results["systems"][name]["load_average"] = [before, os.getloadavg()[0]]
     results["ratios"] = report.ratios(results["systems"])
     results["targets"] = report.targets(results["systems"], plan.idle_tunnels)
     return results
