@@ -221,6 +221,15 @@ def refresh_crl(directory: Path) -> Path:
     return _write_crl(directory, _load_ca(directory), add_serial=None)
 
 
+def revoked_serials(pem: bytes, where: str = "the CRL") -> frozenset[int]:
+    """The serial numbers listed in the PEM CRL ``pem``; CertificateError if it is not one."""
+    try:
+        crl = x509.load_pem_x509_crl(pem)
+    except ValueError as exc:
+        raise CertificateError(f"{where} is not a PEM CRL ({exc}): fix or remove it") from exc
+    return frozenset(entry.serial_number for entry in crl)
+
+
 def ensure_quickstart_pki(directory: Path) -> QuickstartPKI:
     """Make (or reuse) a CA, a server cert ``server`` and a client cert ``quickstart``.
 

@@ -169,7 +169,11 @@ def _cmd_server(args: argparse.Namespace) -> int:
     async def main(stop: asyncio.Event) -> int:
         server = Server(config)
         await server.start()
-        await server.serve(stop)
+        stop_reloading = runtime.on_reload_signal(lambda: server.reload("SIGHUP"))
+        try:
+            await server.serve(stop)
+        finally:
+            stop_reloading()
         return 0
 
     return runtime.run(main)

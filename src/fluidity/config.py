@@ -30,6 +30,7 @@ from fluidity.configload import Section, load_config
 from fluidity.errors import ConfigError
 from fluidity.lifecycle.client import LifecycleConfig
 from fluidity.lifecycle.cloudwatch import CloudWatchConfig
+from fluidity.protocol.identity import check_patterns
 from fluidity.protocol.routing import SplitRouting
 from fluidity.upstream import UpstreamProxyConfig
 
@@ -174,6 +175,9 @@ class ServerTLS(Section):
     cert: FileOrPem
     key: FileOrPem
     crl: FileOrPem | None = None
+    # Seconds between checks of the files' modification times and sizes; a change
+    # reloads them for new connections (SIGHUP does it at once). 0: SIGHUP only.
+    reload_interval: float = field(default=5.0, metadata={"non_negative": True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,9 +191,10 @@ class TargetsConfig(Section):
 
 @dataclass(frozen=True, kw_only=True)
 class ClientsConfig(Section):
-    """Client identities (certificate names) allowed in; empty: any certificate of the CA."""
+    """Client identities allowed in: globs on the certificate's CN, SAN DNS names and
+    SAN URIs (see ``fluidity.protocol.identity``); empty: any certificate of the CA."""
 
-    allow: tuple[str, ...] = ()
+    allow: tuple[str, ...] = field(default=(), metadata={"check": check_patterns})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
@@ -34,6 +34,12 @@ IPAddress = IPv4Address | IPv6Address
 _Filtered = tuple[tuple[IPAddress, ...], Verdict]
 MEMO_SIZE = 4096
 ProtocolFactory = Callable[[], asyncio.Protocol]
+# The two system calls the dialer makes, as seams: tests record them (and prove
+# that a refused target reaches neither); production uses the event loop's.
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+Opener = Callable[
+    [ProtocolFactory, IPAddress, int], Awaitable[tuple[asyncio.Transport, asyncio.Protocol]]
+]
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ class Dialer:
         settings: DialSettings,
         breaker: CircuitBreaker,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        resolver: Resolver | None = None,
+        opener: Opener | None = None,
     ) -> None:
         self.policy = policy
         self.settings = settings
@@ -65,6 +74,8 @@ class Dialer:
         # when full.
         self._verdicts: dict[tuple[str, int], Verdict] = {}
         self._filtered: dict[tuple[str, int, tuple[IPAddress, ...]], _Filtered] = {}
+        self._resolver = resolver or system_resolve
+        self._opener = opener or tcp_open
 
     async def dial(
         self, authority: str, factory: ProtocolFactory
@@ -118,19 +129,13 @@ class Dialer:
         literal = parse_ip_literal(host)
         if literal is not None:
             return [literal]
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.settings.resolve_timeout):
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                addresses = await self._resolver(host, port)
         except (socket.gaierror, UnicodeError) as exc:
             raise ResolveError(f"cannot resolve {host}: {exc}") from exc
         except TimeoutError as exc:
             raise ResolveError(f"resolving {host} timed out") from exc
-        addresses: list[IPAddress] = []
-        for *_, sockaddr in infos:
-            address = ip_address(str(sockaddr[0]).split("%")[0])
-            if address not in addresses:
-                addresses.append(address)
         if not addresses:
             raise ResolveError(f"{host} has no addresses")
         return addresses
@@ -158,10 +163,9 @@ class Dialer:
     async def _connect(
         self, address: IPAddress, port: int, factory: ProtocolFactory
     ) -> tuple[asyncio.Transport, asyncio.Protocol]:
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                transport, protocol = await loop.create_connection(factory, str(address), port)
+                transport, protocol = await self._opener(factory, address, port)
         except TimeoutError as exc:
             raise DialTimeout(
                 f"connect to {address} timed out after {self.settings.connect_timeout:g} s"
@@ -177,3 +181,23 @@ def _remember(memo: dict[Any, Any], key: object, value: object) -> None:
     if len(memo) >= MEMO_SIZE:
         memo.clear()
     memo[key] = value
+
+
+async def system_resolve(host: str, port: int) -> list[IPAddress]:
+    """The addresses of ``host`` from the system resolver, deduplicated, in its order."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for *_, sockaddr in infos:
+        address = ip_address(str(sockaddr[0]).split("%")[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+async def tcp_open(
+    factory: ProtocolFactory, address: IPAddress, port: int
+) -> tuple[asyncio.Transport, asyncio.Protocol]:
+    """A TCP connection to exactly ``address``: no name, so nothing is resolved again."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_connection(factory, str(address), port)

@@ -5,6 +5,7 @@ turns it off anywhere). The first SIGTERM or SIGINT (Ctrl-C; Ctrl-Break on
 Windows) sets the stop event so the program can drain; a second one exits at
 once. Where the loop cannot watch signals (Windows) a plain ``signal.signal``
 handler hops onto the loop instead, and the previous handler is put back after.
+SIGHUP asks the server to reload its certificates (``on_reload_signal``).
 
 Logs are one readable line per record, or one JSON object per line; either
 way credentials that slip into a message (``Basic ...`` tokens, the password
@@ -78,6 +79,28 @@ async def _with_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]])
             loop.remove_signal_handler(signum)
         for signum, previous in replaced.items():
             signal.signal(signum, previous)
+
+
+def on_reload_signal(callback: Callable[[], object]) -> Callable[[], None]:
+    """Call ``callback`` on the running loop at every SIGHUP; return the function that stops it.
+
+    Where there is no SIGHUP (Windows) this does nothing: the server's file
+    polling still reloads changed certificates.
+    """
+    loop = asyncio.get_running_loop()
+    signum = getattr(signal, "SIGHUP", None)
+    if signum is None:
+        return lambda: None
+    try:
+        # windows: unreached there (no SIGHUP, above); a loop without handlers raises
+        loop.add_signal_handler(signum, callback)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return lambda: None
+
+    def stop() -> None:
+        loop.remove_signal_handler(signum)  # windows: only after add_signal_handler worked
+
+    return stop
 
 
 def _threadsafe(

@@ -4,8 +4,10 @@ Each agent connection is a ``TunnelConnection``; each CONNECT stream on it
 becomes one dial task (policy, resolution, retries, circuit breaker) and, once
 the target answers, a ``Splice`` that carries bytes with no task at all.
 
-TLS is accepted by ``TLSAcceptor`` (plain TCP upgraded with ``start_tls``)
-so that every failed handshake is logged once with its reason and counted.
+TLS is accepted by ``TLSListener`` (each accepted socket handed to
+``connect_accepted_socket`` with the TLS context current then, so a reloaded
+certificate, CA or CRL reaches the next handshake) so that every failed
+handshake is counted by reason and logged once, rate-limited.
 
 Shutdown drains: the listener closes, new streams are refused with
 REFUSED_STREAM (the agent retries them elsewhere), open streams finish up to
@@ -20,19 +22,22 @@ import ssl
 import time
 from dataclasses import dataclass
 
+from fluidity.certs import revoked_serials
 from fluidity.config import ServerConfig
 from fluidity.connection import TunnelConnection
 from fluidity.dialer import Dialer, DialSettings
-from fluidity.errors import StreamError, TargetError
+from fluidity.errors import CertificateError, ConfigError, StreamError, TargetError
 from fluidity.lifecycle.cloudwatch import MetricsPublisher
 from fluidity.metrics import Metrics, Snapshot
 from fluidity.metricsserver import MetricsServer
+from fluidity.protocol.identity import ClientIdentity, IdentityAllowList
 from fluidity.protocol.policy import TargetPolicy
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
+from fluidity.reload import ReloadableContext
 from fluidity.splice import Splice
-from fluidity.tls import server_context
-from fluidity.tlsaccept import TLSAcceptor
+from fluidity.tls import describe, server_context
+from fluidity.tlsaccept import TLSListener
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +56,17 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.context: ssl.SSLContext = server_context(
-            config.tls.ca, config.tls.cert, config.tls.key, config.tls.crl
+        tls = config.tls
+        self.tls = ReloadableContext(
+            lambda: server_context(tls.ca, tls.cert, tls.key, tls.crl),
+            [
+                source.path
+                for source in (tls.ca, tls.cert, tls.key, tls.crl)
+                if source and source.path
+            ],
+            on_reloaded=self._close_revoked,
         )
+        self.clients = IdentityAllowList.from_config(config.clients.allow)
         policy = TargetPolicy.from_config(
             config.targets.allow, config.targets.deny, config.targets.ports
         )
@@ -67,20 +80,36 @@ class Server:
             ),
             CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.reset_after),
         )
-        self._listener: asyncio.Server | None = None
-        self._connections: set[TunnelConnection] = set()
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self.metrics = Metrics("server")
+        self.acceptor = TLSListener(
+            lambda: self.tls.current,
+            self._make_connection,
+            config.limits.handshake_timeout,
+            on_failure=self.metrics.handshake_failed,
+        )
+        self._started = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._connections: set[_ServerConnection] = set()
         self._dials: set[asyncio.Task[None]] = set()
         self._splices: set[Splice] = set()
         self._last_activity = time.time()
         self._closed_bytes = (0, 0)  # (in, out) of connections gone, for monotonic counters
+        self.streams_requested = 0
         self._publisher: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
-        self.metrics = Metrics("server")
         self.metrics.watch(self._snapshot)
         self.metrics_server = (
             MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
         )
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The TLS context the next agent handshake uses."""
+        return self.tls.current
+
+    def reload(self, reason: str = "SIGHUP") -> bool:
+        """Reload certificate, key, CA and CRL for new connections; False keeps the old ones."""
+        return self.tls.reload(reason)
 
     async def start(self) -> None:
         """Bind the listener; ``address`` then holds the bound host and port."""
@@ -88,11 +117,20 @@ class Server:
         listen = self.config.listen
         if self.metrics_server is not None:
             await self.metrics_server.start()
-        self._listener = await loop.create_server(
-            self._make_acceptor, listen.host, listen.port, backlog=1024
-        )
-        sockname = self._listener.sockets[0].getsockname()
-        self.address = (sockname[0], sockname[1])
+        # The acceptor runs each TLS handshake with the context current at that
+        # moment (hot reload) and logs each failure as one line.
+        try:
+            self.address = await self.acceptor.start(listen.host, listen.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"listen: cannot listen on {listen}: {exc.strerror or exc}; "
+                "choose another address with --listen or listen: in server.yaml"
+            ) from exc
+        if self.config.tls.reload_interval > 0:
+            self._watcher = loop.create_task(
+                self.tls.watch(self.config.tls.reload_interval), name="tls-reload-watch"
+            )
+        self._started = True
         if self.config.cloudwatch is not None:
             publisher = MetricsPublisher(self.config.cloudwatch)
             self._publisher = loop.create_task(publisher.run(self.activity), name="cloudwatch")
@@ -103,7 +141,7 @@ class Server:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain within ``drain_timeout``."""
-        if self._listener is None:
+        if not self._started:
             await self.start()
         await stop.wait()
         await self.shutdown()
@@ -114,10 +152,9 @@ class Server:
         started = time.monotonic()
         if self._publisher is not None:
             self._publisher.cancel()
-        if self._listener is not None:
-            self._listener.close()
-        for task in list(self._handshakes):
-            task.cancel()
+        self.acceptor.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
         for conn in list(self._connections):
             conn.refuse_new_streams()
         log.info("draining: %d streams open, waiting up to %.0f s", self._open_streams(), timeout)
@@ -137,8 +174,6 @@ class Server:
             splice.close()
         for conn in list(self._connections):
             conn.close("server shutting down")
-        if self._listener is not None:
-            await self._listener.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
         log.info("drained in %.2f s", time.monotonic() - started)
@@ -167,20 +202,20 @@ class Server:
             circuits=circuits,
         )
 
-    def _make_acceptor(self) -> TLSAcceptor:
-        return TLSAcceptor(
-            self.context,
-            self.config.limits.handshake_timeout,
-            self._make_connection,
-            self._handshake_failed,
-            self._handshakes,
-        )
-
-    def _handshake_failed(self, peer: str, reason: str, exc: BaseException) -> None:
-        self.metrics.handshake_failed(reason)
-        # Scanners and dropped connections are routine; certificate trouble is news.
-        level = logging.DEBUG if reason in ("not_tls", "connection_lost") else logging.INFO
-        log.log(level, "TLS handshake from %s failed (%s): %s", peer, reason, _describe(exc))
+    def _close_revoked(self) -> None:
+        """After a reload: end the live tunnels whose client certificate the CRL now lists."""
+        crl = self.config.tls.crl
+        if crl is None or not self._connections:
+            return
+        try:
+            revoked = revoked_serials(crl.read_bytes(), describe(crl))
+        except (CertificateError, ConfigError) as exc:
+            log.error("cannot read %s to check live tunnels: %s", describe(crl), exc)
+            return
+        for conn in list(self._connections):
+            if conn.identity.serial in revoked:
+                log.warning("closing the tunnel of %s: its certificate is revoked", conn.peer_name)
+                conn.close("client certificate revoked")
 
     def _make_connection(self) -> TunnelConnection:
         conn = _ServerConnection(
@@ -193,7 +228,7 @@ class Server:
         )
         return conn
 
-    def _admit(self, conn: TunnelConnection) -> bool:
+    def _admit(self, conn: _ServerConnection) -> bool:
         if len(self._connections) >= self.config.limits.max_tunnels:
             log.warning(
                 "refusing agent %s: limits.max_tunnels (%d) reached",
@@ -205,7 +240,7 @@ class Server:
         self.metrics.connection_made()
         return True
 
-    def _forget(self, conn: TunnelConnection) -> None:
+    def _forget(self, conn: _ServerConnection) -> None:
         if conn in self._connections:
             self._connections.discard(conn)
             closed_in, closed_out = self._closed_bytes
@@ -213,6 +248,7 @@ class Server:
         self._last_activity = max(self._last_activity, conn.last_activity)
 
     def _on_stream_request(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
+        self.streams_requested += 1
         task = asyncio.get_running_loop().create_task(
             self._serve_stream(conn, stream_id, authority)
         )
@@ -241,35 +277,36 @@ class Server:
 
 
 class _ServerConnection(TunnelConnection):
-    """A tunnel connection that registers itself with its server."""
+    """A tunnel connection that checks its client's identity and registers with its server."""
 
     def __init__(self, server: Server, side: Side, **kwargs: object) -> None:
         super().__init__(side, **kwargs)  # type: ignore[arg-type]
         self._server = server
+        self.identity = ClientIdentity()
+        self._admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        cert = transport.get_extra_info("peercert") or {}
-        self.peer_name = f"{_common_name(cert) or 'agent'}@{peer[0]}:{peer[1]}" if peer else "agent"
+        self.identity = ClientIdentity.from_peercert(transport.get_extra_info("peercert") or {})
+        where = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer_name = f"{self.identity.label}@{where}"
+        refusal = self._server.clients.refusal(self.identity)
+        if refusal is not None:
+            # Close before a single HTTP/2 byte: the agent reads the silence after
+            # its TLS 1.3 handshake as "my certificate was refused".
+            log.warning("refusing agent %s: %s", where, refusal)
+            self._server.metrics.handshake_failed("certificate_not_allowed")
+            transport.close()
+            return
         super().connection_made(transport)
         if not self._server._admit(self):
             self.close("too many tunnels")
             return
+        self._admitted = True
         log.info("agent connected: %s", self.peer_name)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._server._forget(self)
-        log.info("agent disconnected: %s (%s)", self.peer_name, self.closed.result())
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _common_name(cert: dict[str, object]) -> str | None:
-    for rdn in cert.get("subject", ()):  # type: ignore[attr-defined]
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
+        if self._admitted:
+            log.info("agent disconnected: %s (%s)", self.peer_name, self.closed.result())

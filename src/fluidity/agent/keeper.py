@@ -270,7 +270,7 @@ class TunnelKeeper:
             ) from exc
         except (ConnectionError, OSError) as exc:
             raise HandshakeError(
-                f"cannot connect to {self.address}: {exc}", "connect_failed"
+                f"cannot connect to {self.address}: {_why(exc)}", "connect_failed"
             ) from exc
         except TimeoutError as exc:
             raise HandshakeError(
@@ -311,3 +311,13 @@ def _failure_reason(exc: TunnelError) -> str:
     if isinstance(exc, PathError):
         return "timeout" if exc.status == 504 else "connect_failed"
     return "tls_error"
+
+
+def _why(exc: OSError) -> str:
+    """An OSError as words, even when it carries none (a reset mid-handshake)."""
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError) and not str(exc):
+        return (
+            "the server closed the connection during the TLS handshake "
+            "(is it a fluidity server speaking TLS 1.3?)"
+        )
+    return str(exc) or type(exc).__name__

@@ -174,6 +174,10 @@ class Exchange:
         replay = self.replayable()
         assert replay is not None and self._framing is not None
         self.retried = True
+        # A partial response head held back from the lost upstream is its own, not
+        # the new one's: sending it would glue two responses together (found by
+        # fuzzing, tests/fuzz).
+        self._held = b""
         for event in (self._framing, *self._replay_events):
             up.conn.send(event)
         return replay
