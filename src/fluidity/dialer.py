@@ -101,7 +101,7 @@ class Dialer:
             self.breaker.record_failure(key, self._clock())
             raise
         except BaseException:
-            self.breaker.record_success(key)  # cancelled: neither verdict; free the probe
+            self.breaker.release(key)  # cancelled: neither verdict; free the probe
             raise
         self.breaker.record_success(key)
         return result
@@ -158,7 +158,9 @@ class Dialer:
                     last = exc
                     log.debug("dial %s:%s via %s failed: %s", host, port, address, exc)
         assert last is not None
-        raise type(last)(f"{host}:{port}: {last} (after {self.settings.attempts} attempts)")
+        attempts = self.settings.attempts
+        tries = f"{attempts} attempt" if attempts == 1 else f"{attempts} attempts"
+        raise type(last)(f"{host}:{port}: {last} (after {tries})")
 
     async def _connect(
         self, address: IPAddress, port: int, factory: ProtocolFactory

@@ -15,7 +15,9 @@ I/O boundary and nowhere else::
     │   │   └── UpstreamProxyError  the corporate proxy would not carry us (407, 403, ...)
     │   └── TunnelClosed       the connection ended (GOAWAY, EOF, reset, ping timeout)
     ├── StreamError            one proxied stream failed; the tunnel lives on
-    │   └── StreamRefused      the server answered the CONNECT with an error status
+    │   ├── StreamRefused      the server answered the CONNECT with an error status
+    │   ├── StreamUnprocessed  the server refused the stream unseen (draining): safe to retry
+    │   └── TooManyStreams     the tunnel is at the server's MAX_CONCURRENT_STREAMS (503)
     ├── TargetError            the server could not reach a target (has a status)
     │   ├── PolicyRefused      the target policy refused it (403)
     │   ├── ResolveError       the name did not resolve (502)
@@ -96,6 +98,21 @@ class StreamRefused(StreamError):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+
+
+class StreamUnprocessed(StreamError):
+    """The server refused a new stream without processing it (RST_STREAM REFUSED_STREAM,
+    sent while it drains): nothing reached a target, so opening it again is safe."""
+
+
+class TooManyStreams(StreamError):
+    """The tunnel already carries the server's maximum of concurrent streams.
+
+    The server sets it (``limits.max_streams_per_tunnel``, sent as HTTP/2
+    MAX_CONCURRENT_STREAMS); the agent answers the client 503 until a stream ends.
+    """
+
+    status = 503
 
 
 class TargetError(FluidityError):

@@ -92,6 +92,7 @@ class Server:
         self._dials: set[asyncio.Task[None]] = set()
         self._splices: set[Splice] = set()
         self._last_activity = time.time()
+        self._draining = False
         self._closed_bytes = (0, 0)  # (in, out) of connections gone, for monotonic counters
         self.streams_requested = 0
         self._publisher: asyncio.Task[None] | None = None
@@ -149,6 +150,7 @@ class Server:
         """Stop accepting, let open streams finish up to the deadline, then close all."""
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
         started = time.monotonic()
+        self._draining = True
         if self._publisher is not None:
             self._publisher.cancel()
         self.acceptor.close()
@@ -227,11 +229,14 @@ class Server:
             keepalive_interval=self.config.keepalive_interval,
             keepalive_timeout=self.config.keepalive_timeout,
             max_streams=self.config.limits.max_streams_per_tunnel,
+            stream_idle_timeout=self.config.limits.stream_idle_timeout,
             on_stream_request=self._on_stream_request,
         )
         return conn
 
     def _admit(self, conn: _ServerConnection) -> bool:
+        if self._draining:  # its handshake began before the listener closed
+            conn.refuse_new_streams()
         if len(self._connections) >= self.config.limits.max_tunnels:
             log.warning(
                 "refusing agent %s: limits.max_tunnels (%d) reached",
@@ -303,7 +308,11 @@ class _ServerConnection(TunnelConnection):
             return
         super().connection_made(transport)
         if not self._server._admit(self):
-            self.close("too many tunnels")
+            limit = self._server.config.limits.max_tunnels
+            reason = f"too many tunnels: the server's limits.max_tunnels ({limit}) is reached"
+            # Not from inside connection_made: asyncio's TLS transport cannot start its
+            # shutdown before the handshake callback has returned.
+            self._loop.call_soon(lambda: self.close(reason, refused=True))
             return
         self._admitted = True
         log.info("agent connected: %s", self.peer_name)

@@ -24,6 +24,7 @@ from fluidity.agent.client import ClientConnection
 from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
 from fluidity.config import AgentConfig
+from fluidity.connection import StreamHandler
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
 from fluidity.metrics import Metrics, Snapshot
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 STATUS_PATH = "/fluidity/status"
 PAC_PATH = "/proxy.pac"
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
+CLOSE_GRACE = 2.0  # seconds the server has to answer the tunnel's TLS close on shutdown
 
 
 class Agent:
@@ -67,6 +69,7 @@ class Agent:
             keepalive_timeout=config.keepalive_timeout,
             handshake_timeout=config.handshake_timeout,
             connect_wait=config.connect_wait,
+            stream_idle_timeout=config.stream_idle_timeout,
             backoff=Backoff(config.reconnect.initial, config.reconnect.max),
             connector=functools.partial(open_path, config.upstream_proxy),
             metrics=self.metrics,
@@ -130,20 +133,24 @@ class Agent:
         await self.shutdown()
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting, let client connections finish up to the deadline, then close."""
+        """Stop accepting, let client exchanges finish up to the deadline, then close.
+
+        Connections between requests (idle keep-alive) are closed at once, and
+        each busy one as soon as its exchange ends; past the deadline the rest
+        are reset. The tunnel goes last, with a GOAWAY.
+        """
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        started = time.monotonic()
         if self._listener is not None:
             self._listener.close()
-        busy = [c for c in self.clients if c.stream is not None]
-        for client in self.clients - set(busy):
-            client.close()  # idle keep-alive connections: nothing to wait for
+        busy = self._close_idle_clients()
         if busy:
-            log.info("draining %d client connections (up to %.0f s)", len(busy), timeout)
+            log.info("draining %d client connections (up to %.0f s)", busy, timeout)
         try:
             async with asyncio.timeout(timeout):
-                # Streams end in protocol callbacks; a short poll keeps them free of
+                # Exchanges end in protocol callbacks; a short poll keeps them free of
                 # shutdown bookkeeping on the hot path.
-                while any(c.stream is not None for c in self.clients):  # noqa: ASYNC110
+                while self._close_idle_clients():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         except TimeoutError:
             log.warning("drain deadline passed: closing %d connections", len(self.clients))
@@ -152,11 +159,40 @@ class Agent:
         if self._keeper_task is not None:
             self._keeper_task.cancel()
             await asyncio.gather(self._keeper_task, return_exceptions=True)
+        await self._tunnel_closed()
         await self._kill_cloud_server()
         if self._listener is not None:
             await self._listener.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        log.info("agent drained in %.2f s", time.monotonic() - started)
+
+    def _close_idle_clients(self) -> int:
+        """Close every client connection between exchanges; return how many are busy."""
+        busy = 0
+        for client in list(self.clients):
+            if client.busy:
+                busy += 1
+            else:
+                client.close_idle()
+        return busy
+
+    async def _tunnel_closed(self) -> None:
+        """Let the tunnel's TLS close finish (close_notify both ways), briefly.
+
+        The keeper starts the close when it stops; through a corporate proxy the
+        server's answer takes a few hops, and returning before it would leave the
+        socket open behind a stopped agent. A server that does not answer in
+        ``CLOSE_GRACE`` seconds gets the connection dropped.
+        """
+        conn = self.keeper.connection
+        if conn is None or conn.closed.done():
+            return
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await asyncio.shield(conn.closed)
+        except TimeoutError:
+            conn.close_now("agent stopping: the server did not finish closing the connection")
 
     async def _kill_cloud_server(self) -> None:
         lifecycle = self.config.lifecycle
@@ -221,11 +257,12 @@ class Agent:
             client_connections=len(self.clients),
         )
 
-    async def open_direct(self, host: str, port: int) -> DirectStream:
-        """A connection to a ``direct:`` host, through the corporate proxy if one is set;
-        ``handshake_timeout`` bounds it. Raises PathError."""
+    async def open_direct(self, host: str, port: int, handler: StreamHandler) -> DirectStream:
+        """A connection to a ``direct:`` host reporting to ``handler``, through the
+        corporate proxy if one is set; ``handshake_timeout`` bounds it. Raises PathError."""
+        timeout = self.config.handshake_timeout
         return await DirectStream.open(
-            self.config.upstream_proxy, host, port, timeout=self.config.handshake_timeout
+            self.config.upstream_proxy, host, port, handler, timeout=timeout
         )
 
     def _make_client(self) -> ClientConnection | _Refuser:

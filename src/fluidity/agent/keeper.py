@@ -14,6 +14,12 @@ failure naming our certificate.
 Client requests wait for the tunnel (``connect_wait``) instead of failing
 the moment it blinks.
 
+A draining server (shutting down) refuses new streams with REFUSED_STREAM
+while its open ones finish. The first refusal retires the connection: the
+keeper connects again at once -- behind a load balancer, most likely to a
+server that is not going away -- and the retired connection carries its
+streams to their end.
+
 The TCP path to the server comes from a connector (by default
 :func:`fluidity.path.open_path` without a proxy; the agent passes its
 ``upstream_proxy:``), called afresh for every attempt so a PAC file is
@@ -31,14 +37,15 @@ import ssl
 import time
 from collections.abc import Awaitable
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
 from fluidity.errors import (
     AuthenticationError,
+    FluidityError,
     HandshakeError,
     PathError,
-    StreamError,
+    StreamUnprocessed,
     TunnelClosed,
     TunnelError,
     TunnelUnavailable,
@@ -82,6 +89,7 @@ class TunnelKeeper:
         keepalive_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
         connect_wait: float = 10.0,
+        stream_idle_timeout: float = 0.0,
         backoff: Backoff | None = None,
         connector: Connector | None = None,
         metrics: Metrics | None = None,
@@ -94,10 +102,13 @@ class TunnelKeeper:
         self._keepalive = (keepalive_interval, keepalive_timeout)
         self._handshake_timeout = handshake_timeout
         self.connect_wait = connect_wait
+        self._stream_idle_timeout = stream_idle_timeout
         self._backoff = backoff or Backoff(0.5, 30.0)
         self._connector = connector or functools.partial(open_path, None)
         self._conn: TunnelConnection | None = None
         self._up = asyncio.Event()
+        self._draining = asyncio.Event()  # the current connection refused a stream
+        self._retired: set[TunnelConnection] = set()  # draining, still carrying streams
         self.state = TunnelState.CONNECTING
         self.last_error = ""
         self.reconnects = 0
@@ -149,8 +160,9 @@ class TunnelKeeper:
         finally:
             self.state = TunnelState.STOPPED
             self._up.clear()
-            if self._conn is not None:
-                self._conn.close("agent stopping")
+            for conn in [self._conn, *self._retired]:
+                if conn is not None:
+                    conn.close("agent stopping")
 
     async def wait_ready(self, within: float) -> TunnelConnection:
         """The usable connection, waiting up to ``within`` seconds for one."""
@@ -178,27 +190,35 @@ class TunnelKeeper:
         with its connection before the server answered never reached a target,
         so trying it again on the next connection is safe.
         """
-        deadline = asyncio.get_running_loop().time() + self.connect_wait
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_wait
+        refused: FluidityError | None = None  # why the last stream could not be opened
         while True:
-            remaining = deadline - asyncio.get_running_loop().time()
-            conn = await self.wait_ready(max(remaining, 0.0))
+            try:
+                conn = await self.wait_ready(max(deadline - loop.time(), 0.0))
+            except TunnelUnavailable as exc:
+                if refused is None:
+                    raise
+                raise TunnelUnavailable(f"{exc}; before that: {refused}") from refused
             try:
                 return await conn.open_stream(authority, handler)
-            except (TunnelClosed, StreamError) as exc:
-                if type(exc) is not TunnelClosed and "draining" not in str(exc):
-                    raise
+            except (TunnelClosed, StreamUnprocessed) as exc:
                 conn.goaway_received = True  # stop using it for new streams
                 self._up.clear()
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise TunnelUnavailable(f"tunnel to {self.address} unavailable: {exc}") from exc
+                if isinstance(exc, StreamUnprocessed) and conn is self._conn:
+                    self._draining.set()
+                refused = exc
 
     async def connect_once(self) -> None:
         """One attempt: connect, then carry the connection until it is lost.
 
         Returns when the attempt failed (``last_error`` says why, and the failure
-        is counted by reason) or the connection ended; ``run`` calls it in a loop.
+        is counted by reason), the connection ended, or its server began to drain
+        (the connection is then retired); ``run`` calls it in a loop. ``state``
+        tells the last outcome while attempts go on: AUTH_FAILED stays until an
+        attempt fails otherwise or succeeds. The backoff starts over after a
+        connection that worked, not after one the server turned away.
         """
-        self.state = TunnelState.CONNECTING
         try:
             conn = await self._establish()
         except TunnelError as exc:
@@ -207,22 +227,65 @@ class TunnelKeeper:
             if isinstance(exc, AuthenticationError):
                 self.state = TunnelState.AUTH_FAILED
                 log.error("%s", exc)
+            else:
+                self.state = TunnelState.CONNECTING
             return
         self._conn = conn
         self.state = TunnelState.CONNECTED
         self.connected_since = time.time()
         self.last_error = ""
-        self._backoff.reset()
         self.metrics.connection_made()
         self._up.set()
         self._report_up()
-        reason = await asyncio.shield(conn.closed)
+        drained = await self._until_closed_or_draining(conn)
         self._up.clear()
+        self._conn = None
+        self.state = TunnelState.CONNECTING
+        self.connected_since = None
+        if drained:
+            self._retire(conn)
+            self._backoff.reset()
+            self.last_error = "the server is draining (shutting down)"
+            return
+        self._count_bytes(conn)
+        reason = conn.closed.result()
+        if conn.refused_by_peer:
+            # Turned away (too many tunnels...): a failure like any other; backoff grows.
+            self.last_error = f"the server refused the tunnel ({reason})"
+            return
+        self._backoff.reset()  # it was a good connection: start over from the shortest wait
+        self.last_error = f"connection lost ({reason})"
+
+    async def _until_closed_or_draining(self, conn: TunnelConnection) -> bool:
+        """Wait until ``conn`` closes (False) or refuses a stream as it drains (True)."""
+        self._draining.clear()
+        draining = asyncio.ensure_future(self._draining.wait())
+        try:
+            either: list[asyncio.Future[Any]] = [conn.closed, draining]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            draining.cancel()
+        return not conn.closed.done()
+
+    def _retire(self, conn: TunnelConnection) -> None:
+        """Leave a draining connection to finish its streams; count it once closed."""
+        log.info(
+            "server %s is draining: %d streams finish on the old tunnel, new ones go on a new one",
+            self.address,
+            conn.active_streams,
+        )
+        self._retired.add(conn)
+
+        def closed(_: object) -> None:
+            self._retired.discard(conn)
+            self._count_bytes(conn)
+
+        conn.closed.add_done_callback(closed)
+
+    def _count_bytes(self, conn: TunnelConnection) -> None:
+        """Fold a finished connection's byte counts into the totals."""
         self.closed_bytes_in += conn.bytes_in
         self.closed_bytes_out += conn.bytes_out
-        self._conn = None
-        self.connected_since = None
-        self.last_error = f"connection lost ({reason})"
 
     def _report_up(self) -> None:
         """'tunnel up after 0.4 s' the first time, for the person waiting at start."""
@@ -239,6 +302,7 @@ class TunnelKeeper:
             Side.AGENT,
             keepalive_interval=interval,
             keepalive_timeout=timeout,
+            stream_idle_timeout=self._stream_idle_timeout,
             peer_name=f"server {self.address}",
         )
         # The connector and the TLS handshake share one budget; each bounds itself so
@@ -268,14 +332,15 @@ class TunnelKeeper:
             raise HandshakeError(
                 f"TLS with {self.address} failed: {exc}", handshake_failure_reason(exc)
             ) from exc
+        except (TimeoutError, ConnectionAbortedError) as exc:  # before OSError, their base
+            # ConnectionAbortedError: attach_tls's way of saying the TLS handshake timed out.
+            raise HandshakeError(
+                f"connecting to {self.address} timed out after {budget:g} s (handshake_timeout)",
+                "timeout",
+            ) from exc
         except (ConnectionError, OSError) as exc:
             raise HandshakeError(
                 f"cannot connect to {self.address}: {_why(exc)}", "connect_failed"
-            ) from exc
-        except TimeoutError as exc:
-            raise HandshakeError(
-                f"connecting to {self.address} timed out after {budget:g} s",
-                "timeout",
             ) from exc
         try:
             return await self._await_first_word(conn)

@@ -48,6 +48,12 @@ class DriverSession(Protocol):
         back as one ``SendUpstream``, upstream bytes as one ``SendClient``. The
         driver may then move bytes itself and call the session only for ends."""
 
+    @property
+    def idle(self) -> bool:
+        """Waiting for the client's next request (or SOCKS5 handshake), nothing under
+        way: the driver's head timeout runs only now, and a draining agent may close."""
+        ...
+
     def next_event(self) -> ProxyEvent | None: ...
 
     def receive_client(self, data: bytes) -> None: ...
@@ -96,6 +102,11 @@ class SocksRelay:
     @property
     def relaying(self) -> bool:
         return not self._closed and self.core.state is State.RELAY
+
+    @property
+    def idle(self) -> bool:
+        """In the handshake: the client has yet to say where to connect."""
+        return not self._closed and self.core.state in _HANDSHAKE
 
     def next_event(self) -> ProxyEvent | None:
         return self._events.popleft() if self._events else None
@@ -184,6 +195,10 @@ class FirstByteSession:
     @property
     def relaying(self) -> bool:
         return self.inner is not None and self.inner.relaying
+
+    @property
+    def idle(self) -> bool:
+        return self.inner is None or self.inner.idle
 
     def next_event(self) -> ProxyEvent | None:
         return None if self.inner is None else self.inner.next_event()

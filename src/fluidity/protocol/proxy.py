@@ -118,6 +118,7 @@ class ClientSession:
         self._raw_ended = {"client": False, "upstream": False}
         self._exchange: Exchange | None = None
         self._upstream: Upstream | None = None
+        self._served = 0  # exchanges finished on this connection
         self._parser_conn: h11.Connection | None = self._new_parser()
 
     # -- what the driver reads ------------------------------------------------------
@@ -125,6 +126,11 @@ class ClientSession:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request head (IDLE): nothing is under way on the connection."""
+        return self._state is State.IDLE
 
     @property
     def response_started(self) -> bool:
@@ -248,8 +254,17 @@ class ClientSession:
         self._retry()
 
     def head_timed_out(self) -> None:
-        """The client was too slow with a request head: 408 unless one is complete."""
-        if self._state is State.IDLE:
+        """The wait for a request head ran out (the driver's ``head_timeout``). IDLE only.
+
+        A head begun but not finished, or a first request that never came, gets 408.
+        A kept-alive connection that sent no byte of its next request is closed
+        quietly: it was merely idle (RFC 9112 section 9.5). A no-op in other states.
+        """
+        if self._state is not State.IDLE:
+            return
+        if self._served and not self._head_started and not self._inbox:
+            self._close()
+        else:
             self._refuse(408, "no complete request head arrived in time: send requests promptly")
 
     # -- the client side: requests ----------------------------------------------------
@@ -355,6 +370,7 @@ class ClientSession:
         self._inbox[:0] = self._parser.trailing_data[0]
 
     def _next_request(self) -> None:
+        self._served += 1
         self._take_pipelined()
         self._exchange = None
         self._state = State.IDLE

@@ -39,7 +39,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from fluidity.errors import StreamError, TunnelClosed
+from fluidity.errors import StreamError, TooManyStreams, TunnelClosed
 from fluidity.protocol import h2patch
 from fluidity.protocol.events import (
     ConnectionTerminated,
@@ -63,6 +63,24 @@ MAX_FRAME_SIZE = 256 * 1024
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 MAX_REASON = 1024
+
+
+MAX_CLOSED_STREAMS = 4096
+
+
+class _H2Connection(CountingH2Connection):
+    """h2's connection (counting open streams cheaply: see ``h2fast``), remembering
+    fewer closed streams.
+
+    h2 keeps how each closed stream ended so that a frame arriving late on a
+    stream we reset is ignored (RFC 9113 section 5.4.2) rather than taken for a
+    protocol error. It remembers 65,536 of them, about 7.5 MiB per connection
+    once a tunnel has carried that many streams. Late frames come within a
+    round trip of the reset; 4,096 covers a round trip even at thousands of
+    streams a second, for about 0.5 MiB.
+    """
+
+    MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
 
 
 class Side(Enum):
@@ -97,7 +115,7 @@ class TunnelProtocol:
             validate_inbound_headers=True,
         )
         self.side = side
-        self._h2 = CountingH2Connection(config=config)
+        self._h2 = _H2Connection(config=config)
         self._streams: dict[int, _Stream] = {}
         # Streams holding bytes (or an end) that the windows or a congested
         # transport kept back: the only ones a window update or resume can move.
@@ -199,7 +217,12 @@ class TunnelProtocol:
         try:
             self._h2.send_headers(stream_id, headers)
         except h2.exceptions.TooManyStreamsError as exc:
-            raise StreamError(f"the tunnel already carries its maximum of streams: {exc}") from exc
+            limit = self._h2.remote_settings.max_concurrent_streams
+            raise TooManyStreams(
+                f"the tunnel already carries {limit} streams, the server's maximum "
+                "(limits.max_streams_per_tunnel in server.yaml): retry when one ends, "
+                "or raise that limit"
+            ) from exc
         except h2.exceptions.ProtocolError as exc:
             raise TunnelClosed(f"tunnel cannot open streams: {exc}") from exc
         self._streams[stream_id] = _Stream()
