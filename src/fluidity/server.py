@@ -22,7 +22,6 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from fluidity.certs import revoked_serials
 from fluidity.config import ServerConfig
 from fluidity.connection import TunnelConnection
 from fluidity.dialer import Dialer, DialSettings
@@ -209,6 +208,10 @@ class Server:
         crl = self.config.tls.crl
         if crl is None or not self._connections:
             return
+        # Imported here, on a reload with a CRL: ``certs`` loads the cryptography
+        # bindings, about 15 MB that a server without a CRL never needs.
+        from fluidity.certs import revoked_serials
+
         try:
             revoked = revoked_serials(crl.read_bytes(), describe(crl))
         except (CertificateError, ConfigError) as exc:

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from fluidity.certs import check_private_key_file
 from fluidity.errors import CertificateError, ConfigError
+from fluidity.keyfiles import check_private_key_file
 
 ALPN = "h2"
 

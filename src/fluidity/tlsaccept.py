@@ -49,7 +49,8 @@ from fluidity.tls import handshake_failure_reason
 log = logging.getLogger(__name__)
 
 ContextSource = Callable[[], ssl.SSLContext]
-ProtocolFactory = Callable[[], asyncio.Protocol]
+# The tunnel connection is a buffered protocol (TLS decrypts into its buffer).
+ProtocolFactory = Callable[[], asyncio.Protocol | asyncio.BufferedProtocol]
 # Told the reason label of each failed handshake (the server's metrics counter).
 FailureCallback = Callable[[str], None]
 
