@@ -17,16 +17,17 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from fluidity.config import ServerConfig
+from fluidity.config import Address, ServerConfig
 from fluidity.connection import TunnelConnection
 from fluidity.dialer import Dialer, DialSettings
 from fluidity.errors import StreamError, TargetError
+from fluidity.frontdoor import Handoff, make_link, server_contexts
 from fluidity.lifecycle.cloudwatch import MetricsPublisher
 from fluidity.protocol.policy import TargetPolicy
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
 from fluidity.splice import Splice
-from fluidity.tls import server_context
+from fluidity.wslink import WebSocketLink
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,8 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.context: ssl.SSLContext = server_context(
-            config.tls.ca, config.tls.cert, config.tls.key, config.tls.crl
-        )
+        self.contexts = server_contexts(config)
+        self.context: ssl.SSLContext = self.contexts.main
         policy = TargetPolicy.from_config(
             config.targets.allow, config.targets.deny, config.targets.ports
         )
@@ -68,13 +68,16 @@ class Server:
         self._last_activity = time.time()
         self._publisher: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
+        self.websocket_address: tuple[str, int] | None = None
+        self._websocket_listener: asyncio.Server | None = None
 
     async def start(self) -> None:
         """Bind the listener; ``address`` then holds the bound host and port."""
         loop = asyncio.get_running_loop()
         listen = self.config.listen
+        make_link = self._make_link if self.config.websocket.enabled else None
         self._listener = await loop.create_server(
-            self._make_connection,
+            lambda: Handoff(self._make_connection, make_link),
             listen.host,
             listen.port,
             ssl=self.context,
@@ -88,8 +91,33 @@ class Server:
             publisher = MetricsPublisher(self.config.cloudwatch)
             self._publisher = loop.create_task(publisher.run(self.activity), name="cloudwatch")
         log.info(
-            "fluidity server listening on %s:%d (TLS 1.3, client certificates required)",
+            "fluidity server listening on %s:%d (TLS 1.3, client certificates required%s)",
             *self.address,
+            f"; WebSocket transport at {self.config.websocket.path}" if make_link else "",
+        )
+        if self.config.websocket.listen is not None:
+            await self._start_websocket_listener(self.config.websocket.listen)
+
+    async def _start_websocket_listener(self, listen: Address) -> None:
+        """The ``websocket.listen`` listener: the WebSocket transport alone, over TLS with
+        ``websocket.cert`` or plain HTTP behind a TLS-terminating load balancer."""
+        context = self.contexts.websocket
+        self._websocket_listener = await asyncio.get_running_loop().create_server(
+            self._make_link,
+            listen.host,
+            listen.port,
+            ssl=context,
+            ssl_handshake_timeout=self.config.limits.handshake_timeout if context else None,
+            reuse_address=True,
+            backlog=1024,
+        )
+        sockname = self._websocket_listener.sockets[0].getsockname()
+        self.websocket_address = (sockname[0], sockname[1])
+        log.info(
+            "fluidity server: WebSocket transport on %s:%d at %s (%s)",
+            *self.websocket_address,
+            self.config.websocket.path,
+            "TLS with websocket.cert" if context else "plain HTTP, for a TLS-terminating proxy",
         )
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -105,8 +133,9 @@ class Server:
         started = time.monotonic()
         if self._publisher is not None:
             self._publisher.cancel()
-        if self._listener is not None:
-            self._listener.close()
+        for listener in (self._listener, self._websocket_listener):
+            if listener is not None:
+                listener.close()
         for conn in list(self._connections):
             conn.refuse_new_streams()
         log.info("draining: %d streams open, waiting up to %.0f s", self._open_streams(), timeout)
@@ -126,8 +155,9 @@ class Server:
             splice.close()
         for conn in list(self._connections):
             conn.close("server shutting down")
-        if self._listener is not None:
-            await self._listener.wait_closed()
+        for listener in (self._listener, self._websocket_listener):
+            if listener is not None:
+                await listener.wait_closed()
         log.info("drained in %.2f s", time.monotonic() - started)
 
     def activity(self) -> Activity:
@@ -150,6 +180,9 @@ class Server:
             on_stream_request=self._on_stream_request,
         )
         return conn
+
+    def _make_link(self) -> WebSocketLink:
+        return make_link(self.config, self.contexts.inner, self._make_connection)
 
     def _admit(self, conn: TunnelConnection) -> bool:
         if len(self._connections) >= self.config.limits.max_tunnels:
@@ -206,7 +239,10 @@ class _ServerConnection(TunnelConnection):
         if not self._server._admit(self):
             self.close("too many tunnels")
             return
-        log.info("agent connected: %s", self.peer_name)
+        kind = transport.get_extra_info("fluidity_transport") or "direct"
+        forwarded = transport.get_extra_info("forwarded_for")
+        via = f", forwarded for {forwarded}" if forwarded else ""
+        log.info("agent connected: %s (%s transport%s)", self.peer_name, kind, via)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -11,12 +11,13 @@ from typing import Any, cast
 
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.keeper import TunnelKeeper
+from fluidity.agent.routes import WebSocketSettings
 from fluidity.config import AgentConfig
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
 from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
 from fluidity.protocol.retry import Backoff
-from fluidity.tls import agent_context, describe
+from fluidity.tls import agent_context, describe, outer_agent_context
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,13 @@ class Agent:
         self.config = config
         self.credentials = _credentials(config)
         context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
+        websocket = None
+        if config.transport != "direct":
+            websocket = WebSocketSettings(
+                outer_context=outer_agent_context(config.tls.ca, config.websocket.outer_ca),
+                url=config.websocket.url,
+                ping_interval=config.websocket.ping_interval,
+            )
         self.keeper = TunnelKeeper(
             host=config.server.host,
             port=config.server.port,
@@ -41,6 +49,9 @@ class Agent:
             handshake_timeout=config.handshake_timeout,
             connect_wait=config.connect_wait,
             backoff=Backoff(config.reconnect.initial, config.reconnect.max),
+            ca_pem=config.tls.ca.read_bytes(),
+            transport=config.transport,
+            websocket=websocket,
         )
         self.clients: set[ClientConnection] = set()
         self.started = time.time()
@@ -73,7 +84,10 @@ class Agent:
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         log.info(
-            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s", *self.address, self.keeper.address
+            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s (transport: %s)",
+            *self.address,
+            self.keeper.address,
+            self.config.transport,
         )
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -133,6 +147,7 @@ class Agent:
         return {
             "state": keeper.state.value,
             "server": keeper.address,
+            "transport": keeper.transport,
             "uptime": round(time.time() - self.started, 1),
             "connected_for": round(time.time() - keeper.connected_since, 1)
             if keeper.connected_since

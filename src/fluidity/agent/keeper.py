@@ -13,23 +13,35 @@ failure naming our certificate.
 
 Client requests wait for the tunnel (``connect_wait``) instead of failing
 the moment it blinks.
+
+The connection goes over the direct transport or the WebSocket transport
+(``fluidity.agent.routes``). With ``transport: auto`` the keeper starts direct
+and, the first time the direct transport meets TLS inspection, switches to the
+WebSocket transport for good, saying so once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from enum import Enum
 
+from fluidity.agent.routes import (
+    Connector,
+    DirectRoute,
+    Route,
+    WebSocketRoute,
+    WebSocketSettings,
+)
+from fluidity.config import TransportKind, WebSocketEndpoint
 from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
 from fluidity.errors import (
     AuthenticationError,
     HandshakeError,
     StreamError,
+    TLSInspectionDetected,
     TunnelClosed,
     TunnelError,
     TunnelUnavailable,
@@ -38,10 +50,6 @@ from fluidity.protocol.retry import Backoff
 from fluidity.protocol.tunnel import Side
 
 log = logging.getLogger(__name__)
-
-# Opens the TCP path to the server: directly, or through a corporate proxy.
-# Returns a connected socket, or None to let asyncio connect directly.
-Connector = Callable[[str, int], Awaitable[socket.socket | None]]
 
 
 class TunnelState(Enum):
@@ -68,6 +76,9 @@ class TunnelKeeper:
         connect_wait: float = 10.0,
         backoff: Backoff | None = None,
         connector: Connector | None = None,
+        ca_pem: bytes = b"",
+        transport: TransportKind = "direct",
+        websocket: WebSocketSettings | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -79,6 +90,14 @@ class TunnelKeeper:
         self.connect_wait = connect_wait
         self._backoff = backoff or Backoff(0.5, 30.0)
         self._connector = connector
+        self._ca_pem = ca_pem
+        if transport != "direct" and websocket is None:
+            raise ValueError(f"transport {transport!r} needs WebSocket settings")
+        self.transport_mode: TransportKind = transport
+        self.transport: str = "websocket" if transport == "websocket" else "direct"
+        """The transport in use: ``direct`` or ``websocket`` (``auto`` starts direct)."""
+        self._websocket = websocket
+        self._last_failure: TunnelError | None = None
         self._conn: TunnelConnection | None = None
         self._up = asyncio.Event()
         self.state = TunnelState.CONNECTING
@@ -154,13 +173,10 @@ class TunnelKeeper:
 
     async def _connect_once(self) -> None:
         self.state = TunnelState.CONNECTING
-        try:
-            conn = await self._establish()
-        except TunnelError as exc:
-            self.last_error = str(exc)
-            if isinstance(exc, AuthenticationError):
-                self.state = TunnelState.AUTH_FAILED
-                log.error("%s", exc)
+        conn = await self._attempt()
+        if conn is None and self._switch_after_inspection():
+            conn = await self._attempt()
+        if conn is None:
             return
         self._conn = conn
         self.state = TunnelState.CONNECTED
@@ -168,15 +184,57 @@ class TunnelKeeper:
         self.last_error = ""
         self._backoff.reset()
         self._up.set()
-        log.info("tunnel up: connected to %s", self.address)
+        log.info("tunnel up: connected to %s (%s transport)", self.address, self.transport)
         reason = await asyncio.shield(conn.closed)
         self._up.clear()
         self.connected_since = None
         self.last_error = f"connection lost ({reason})"
 
+    async def _attempt(self) -> TunnelConnection | None:
+        """One attempt on the current transport; None (and ``last_error``) if it failed."""
+        self._last_failure = None
+        try:
+            return await self._establish()
+        except TunnelError as exc:
+            self.last_error = str(exc)
+            self._last_failure = exc
+            if isinstance(exc, AuthenticationError):
+                self.state = TunnelState.AUTH_FAILED
+                log.error("%s", exc)
+            return None
+
+    def _switch_after_inspection(self) -> bool:
+        """``transport: auto``: after TLS inspection on the direct transport, use the
+        WebSocket transport from now on (and say so, once)."""
+        inspected = isinstance(self._last_failure, TLSInspectionDetected)
+        if not (inspected and self.transport_mode == "auto" and self.transport == "direct"):
+            return False
+        log.warning("%s; transport is auto: switching to the WebSocket transport", self.last_error)
+        self.transport = "websocket"
+        return True
+
+    def _route(self) -> Route:
+        """The way to the server on the current transport, to the current ``host``."""
+        if self.transport == "websocket":
+            assert self._websocket is not None
+            ws = self._websocket
+            end = ws.url or WebSocketEndpoint(True, self.host, self.port, name=self.server_name)
+            return WebSocketRoute(
+                end,
+                self.server_name,
+                self._context,
+                ws.outer_context,
+                self._connector,
+                ping_interval=ws.ping_interval,
+                ping_timeout=self._keepalive[1],
+            )
+        return DirectRoute(
+            self.host, self.port, self.server_name, self._context, self._ca_pem, self._connector
+        )
+
     async def _establish(self) -> TunnelConnection:
-        loop = asyncio.get_running_loop()
         interval, timeout = self._keepalive
+        route = self._route()
         factory = lambda: TunnelConnection(  # noqa: E731
             Side.AGENT,
             keepalive_interval=interval,
@@ -185,34 +243,11 @@ class TunnelKeeper:
         )
         try:
             async with asyncio.timeout(self._handshake_timeout):
-                sock = await self._connector(self.host, self.port) if self._connector else None
-                if sock is None:
-                    _, conn = await loop.create_connection(
-                        factory,
-                        self.host,
-                        self.port,
-                        ssl=self._context,
-                        server_hostname=self.server_name,
-                        ssl_handshake_timeout=self._handshake_timeout,
-                    )
-                else:
-                    _, conn = await loop.create_connection(
-                        factory,
-                        sock=sock,
-                        ssl=self._context,
-                        server_hostname=self.server_name,
-                        ssl_handshake_timeout=self._handshake_timeout,
-                    )
-        except ssl.SSLCertVerificationError as exc:
-            raise HandshakeError(
-                f"cannot verify the server certificate of {self.address} "
-                f"(as {self.server_name}): {exc.verify_message}"
-            ) from exc
-        except (ssl.SSLError, ConnectionError, OSError) as exc:
-            raise HandshakeError(f"cannot connect to {self.address}: {exc}") from exc
+                conn = await route.open(factory)
         except TimeoutError as exc:
             raise HandshakeError(
-                f"connecting to {self.address} timed out after {self._handshake_timeout:g} s"
+                f"connecting to {self.address} ({route.name} transport) timed out after "
+                f"{self._handshake_timeout:g} s"
             ) from exc
         return await self._await_first_word(conn)
 

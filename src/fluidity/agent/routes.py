@@ -1,0 +1,230 @@
+"""The agent's two ways to the server, and how it tells a TLS-inspecting proxy apart.
+
+``DirectRoute`` is the tunnel's own TLS 1.3 mTLS connection, HTTP/2 on top.
+``WebSocketRoute`` opens an ordinary HTTPS connection, upgrades it to a
+WebSocket and runs that same TLS 1.3 mTLS handshake inside the WebSocket's
+binary messages (``fluidity.wslink``). Both end in a ``TunnelConnection``.
+
+A TLS-inspecting proxy ends TLS itself and answers with a certificate from
+the corporate CA. On the direct route that is a verification failure; the
+route then *probes*: a second handshake that verifies nothing, reads the
+presented certificate and closes. If our CA did not issue it, the failure is
+``TLSInspectionDetected``, naming the issuer. The probe never carries data;
+it only turns "certificate verify failed" into a diagnosis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from fluidity.config import WebSocketEndpoint
+from fluidity.connection import TunnelConnection
+from fluidity.errors import HandshakeError, TLSInspectionDetected, WebSocketRefused
+from fluidity.protocol.tunnel import Side
+from fluidity.protocol.wschannel import WebSocketChannel
+from fluidity.wslink import WebSocketLink
+
+log = logging.getLogger(__name__)
+
+# Opens the TCP path to the server: directly, or through a corporate proxy.
+# Returns a connected socket, or None to let asyncio connect directly.
+Connector = Callable[[str, int], Awaitable[socket.socket | None]]
+ConnectionFactory = Callable[[], TunnelConnection]
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+class Route(Protocol):
+    """One way to the server; ``name`` is ``direct`` or ``websocket``."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def open(self, factory: ConnectionFactory) -> TunnelConnection:
+        """A connected, handshaken tunnel connection; ``HandshakeError`` otherwise."""
+        ...
+
+
+@dataclass(frozen=True)
+class DirectRoute:
+    """TLS 1.3 with client certificate straight to the server, ALPN ``h2``."""
+
+    host: str
+    port: int
+    server_name: str
+    context: ssl.SSLContext
+    ca_pem: bytes
+    connector: Connector | None = None
+    name: str = "direct"
+
+    async def open(self, factory: ConnectionFactory) -> TunnelConnection:
+        address = f"{self.host}:{self.port}"
+        sock = await _open_path(self.connector, self.host, self.port)
+        try:
+            _, conn = await _create_connection(
+                factory, self.host, self.port, sock, self.context, self.server_name
+            )
+        except ssl.SSLCertVerificationError as exc:
+            issuer = await self._foreign_issuer()
+            if issuer is not None:
+                raise TLSInspectionDetected(self.server_name, issuer) from exc
+            raise HandshakeError(
+                f"cannot verify the server certificate of {address} "
+                f"(as {self.server_name}): {exc.verify_message}"
+            ) from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise HandshakeError(f"cannot connect to {address}: {exc}") from exc
+        return conn
+
+    async def _foreign_issuer(self) -> str | None:
+        """The issuer of what the network presents for the server, if our CA did not issue it."""
+        presented = await presented_certificate(
+            self.connector, self.host, self.port, self.server_name, alpn="h2"
+        )
+        if presented is None or issued_by_any(presented, self.ca_pem):
+            return None
+        return presented.issuer.rfc4514_string() or "an unnamed issuer"
+
+
+@dataclass(frozen=True)
+class WebSocketSettings:
+    """The agent's WebSocket transport settings: the outer TLS context, an explicit
+    endpoint (None: the server's address at the default path) and the ping interval."""
+
+    outer_context: ssl.SSLContext
+    url: WebSocketEndpoint | None = None
+    ping_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class WebSocketRoute:
+    """HTTPS + WebSocket upgrade at ``endpoint``, then the tunnel's TLS inside it."""
+
+    endpoint: WebSocketEndpoint
+    server_name: str
+    inner_context: ssl.SSLContext
+    outer_context: ssl.SSLContext
+    connector: Connector | None = None
+    ping_interval: float = 10.0
+    ping_timeout: float = 10.0
+    name: str = "websocket"
+
+    async def open(self, factory: ConnectionFactory) -> TunnelConnection:
+        end = self.endpoint
+        link = WebSocketLink(
+            Side.AGENT,
+            WebSocketChannel.client(host=end.name, port=end.port, path=end.path, secure=end.secure),
+            self.inner_context,
+            factory,
+            server_hostname=self.server_name,
+            peer=f"server {end}",
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+        )
+        await self._connect_outer(link)
+        try:
+            conn = await link.opened
+        except WebSocketRefused as exc:
+            raise WebSocketRefused(
+                f"{exc}; check websocket.url (the server's websocket.path) and that the "
+                "network lets WebSockets through",
+                exc.status,
+            ) from exc
+        except BaseException:
+            link.abort()
+            raise
+        assert isinstance(conn, TunnelConnection)
+        return conn
+
+    async def _connect_outer(self, link: WebSocketLink) -> None:
+        end = self.endpoint
+        sock = await _open_path(self.connector, end.host, end.port)
+        context = self.outer_context if end.secure else None
+        try:
+            await _create_connection(
+                lambda: link, end.host, end.port, sock, context, end.name if end.secure else None
+            )
+        except ssl.SSLCertVerificationError as exc:
+            presented = await presented_certificate(
+                self.connector, end.host, end.port, end.name, alpn="http/1.1"
+            )
+            issuer = presented.issuer.rfc4514_string() if presented is not None else "unknown"
+            raise HandshakeError(
+                f"cannot verify the certificate presented for {end.name} on the WebSocket "
+                f"transport's outer TLS layer (issued by {issuer}): {exc.verify_message}; "
+                "if a TLS-inspecting proxy presents it, trust its CA with websocket.outer_ca"
+            ) from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise HandshakeError(f"cannot connect to {end}: {exc}") from exc
+
+
+async def presented_certificate(
+    connector: Connector | None, host: str, port: int, server_name: str, *, alpn: str
+) -> x509.Certificate | None:
+    """The certificate the network presents for ``server_name`` at ``host:port``, read by
+    a handshake that verifies nothing and sends nothing; None if there is none to read."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # diagnosis only: closed before any data
+    context.set_alpn_protocols([alpn])
+    try:
+        sock = await _open_path(connector, host, port)
+        transport, _ = await _create_connection(
+            asyncio.Protocol, host, port, sock, context, server_name
+        )
+    except (OSError, ssl.SSLError, HandshakeError) as exc:
+        log.debug("probe of %s:%d failed: %s", host, port, exc)
+        return None
+    try:
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    finally:
+        transport.abort()
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def issued_by_any(certificate: x509.Certificate, ca_pem: bytes) -> bool:
+    """True if one of the CA certificates in ``ca_pem`` signed ``certificate``."""
+    for ca in x509.load_pem_x509_certificates(ca_pem):
+        try:
+            certificate.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+async def _open_path(connector: Connector | None, host: str, port: int) -> socket.socket | None:
+    if connector is None:
+        return None
+    try:
+        return await connector(host, port)
+    except OSError as exc:
+        raise HandshakeError(f"cannot reach {host}:{port}: {exc}") from exc
+
+
+async def _create_connection(
+    factory: Callable[[], P],
+    host: str,
+    port: int,
+    sock: socket.socket | None,
+    context: ssl.SSLContext | None,
+    server_hostname: str | None,
+) -> tuple[asyncio.Transport, P]:
+    """Connect ``factory``'s protocol over ``sock`` if the path is open already, else dial."""
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        return await loop.create_connection(
+            factory, sock=sock, ssl=context, server_hostname=server_hostname
+        )
+    return await loop.create_connection(
+        factory, host, port, ssl=context, server_hostname=server_hostname
+    )
