@@ -85,6 +85,7 @@ class WebSocketLink(asyncio.Protocol):
         self._failure: TunnelError | None = None
         self._lost = False
         self.request_headers: tuple[tuple[str, str], ...] = ()
+        self.pongs_received = 0
         self.opened: asyncio.Future[asyncio.Protocol] = self._loop.create_future()
         self.opened.add_done_callback(_retrieve)
 
@@ -195,14 +196,18 @@ class WebSocketLink(asyncio.Protocol):
                 self.request_headers = headers
                 self._start_tls()
             case ChannelRefused(status, reason):
+                answer = f"{status} {reason}" if status else reason
                 self._fail(
-                    WebSocketRefused(f"{self.peer} answered the WebSocket upgrade {reason}", status)
+                    WebSocketRefused(
+                        f"{self.peer} answered the WebSocket upgrade: {answer}", status
+                    )
                     if self.side is Side.AGENT
-                    else WebSocketRefused(f"refused a WebSocket request: {reason}", status)
+                    else WebSocketRefused(f"refused a WebSocket request: {answer}", status)
                 )
             case BytesReceived(data):
                 self._receive_ciphertext(data)
             case PongReceived():
+                self.pongs_received += 1
                 timer = self._timers.pop("pong", None)
                 if timer is not None:
                     timer.cancel()
@@ -260,6 +265,7 @@ class WebSocketLink(asyncio.Protocol):
 
     def _finish(self) -> None:
         """The peer ended the tunnel cleanly (close_notify, WebSocket close 1000): close too."""
+        self._flush()
         self._channel.close()
         self._flush()
         if self._outer is not None:
@@ -275,6 +281,7 @@ class WebSocketLink(asyncio.Protocol):
                     log.log(level, "websocket transport from %s: %s", self.peer, exc)
         if not self.opened.done():
             self.opened.set_exception(exc)
+        self._flush()  # a TLS alert goes out before the WebSocket closes
         self._channel.close(CloseCode.INTERNAL_ERROR)
         self._flush()
         if self._outer is not None:

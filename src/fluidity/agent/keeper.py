@@ -98,6 +98,7 @@ class TunnelKeeper:
         """The transport in use: ``direct`` or ``websocket`` (``auto`` starts direct)."""
         self._websocket = websocket
         self._last_failure: TunnelError | None = None
+        self._failed = asyncio.Event()
         self._conn: TunnelConnection | None = None
         self._up = asyncio.Event()
         self.state = TunnelState.CONNECTING
@@ -150,6 +151,15 @@ class TunnelKeeper:
                 f"no tunnel to {self.address} after waiting {within:g} s{why}"
             ) from None
 
+    async def failure(self, within: float) -> TunnelError:
+        """Why the latest connection attempt failed, waiting up to ``within`` seconds for
+        the attempt under way to fail; ``TimeoutError`` if none does."""
+        async with asyncio.timeout(within):
+            while self._last_failure is None:
+                self._failed.clear()
+                await self._failed.wait()
+        return self._last_failure
+
     async def open_stream(self, authority: str, handler: StreamHandler) -> TunnelStream:
         """A stream to ``authority``; waits for the tunnel, retries a refused or lost open.
 
@@ -198,6 +208,7 @@ class TunnelKeeper:
         except TunnelError as exc:
             self.last_error = str(exc)
             self._last_failure = exc
+            self._failed.set()
             if isinstance(exc, AuthenticationError):
                 self.state = TunnelState.AUTH_FAILED
                 log.error("%s", exc)

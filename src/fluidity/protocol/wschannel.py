@@ -211,8 +211,10 @@ class WebSocketChannel:
             case Opcode.BINARY | Opcode.CONT:
                 return [BytesReceived(bytes(frame.data))] if frame.data else []
             case Opcode.TEXT:
-                self._ws.fail(CloseCode.UNSUPPORTED_DATA, "fluidity carries binary messages only")
-                return self._closed_event()
+                reason = "fluidity carries binary messages only"
+                self._ws.fail(CloseCode.UNSUPPORTED_DATA, reason)
+                self._closed = True
+                return [ChannelClosed(CloseCode.UNSUPPORTED_DATA, reason)]
             case Opcode.PONG:
                 return [PongReceived(bytes(frame.data))]
             case Opcode.CLOSE:
@@ -220,15 +222,18 @@ class WebSocketChannel:
         return []  # PING: websockets has queued the pong
 
     def _closed_event(self) -> list[ChannelEvent]:
+        """The one ``ChannelClosed``: the peer's close frame, else the end of the
+        connection, else the close we sent on a protocol error."""
         if self._closed:
             return []
         self._closed = True
-        received = self._ws.close_rcvd
+        received, sent, error = self._ws.close_rcvd, self._ws.close_sent, self._ws.parser_exc
         if received is not None:
             return [ChannelClosed(received.code, received.reason)]
-        if self._ws.parser_exc is not None:
-            return [ChannelClosed(CloseCode.PROTOCOL_ERROR, str(self._ws.parser_exc))]
-        return [ChannelClosed(CloseCode.ABNORMAL_CLOSURE, "the connection ended")]
+        if error is None or isinstance(error, EOFError):
+            return [ChannelClosed(CloseCode.ABNORMAL_CLOSURE, "the connection ended")]
+        code = sent.code if sent is not None else CloseCode.PROTOCOL_ERROR
+        return [ChannelClosed(code, str(error))]
 
 
 def _pairs(headers: Headers) -> tuple[tuple[str, str], ...]:
