@@ -31,6 +31,8 @@ from fluidity.configload import Section, load_config
 from fluidity.errors import ConfigError
 from fluidity.lifecycle.client import LifecycleConfig
 from fluidity.lifecycle.cloudwatch import CloudWatchConfig
+from fluidity.protocol.routing import SplitRouting
+from fluidity.upstream import UpstreamProxyConfig
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
@@ -414,6 +416,17 @@ class AgentConfig(Section):
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     lifecycle: LifecycleConfig | None = None
+    upstream_proxy: UpstreamProxyConfig | None = None
+    direct: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.routing  # noqa: B018 -- parses direct:, raising ConfigError naming direct[i]
+
+    @property
+    def routing(self) -> SplitRouting:
+        """The ``direct:`` list parsed: which targets bypass the tunnel."""
+        return SplitRouting.from_config(self.direct)
 
     @property
     def server_hostname(self) -> str:

@@ -13,6 +13,8 @@ I/O boundary and nowhere else::
     │   │   ├── AuthenticationError   the server refused our client certificate
     │   │   ├── TLSInspectionDetected a middlebox answered with a certificate not from our CA
     │   │   └── WebSocketRefused      the WebSocket upgrade was answered with an error status
+    │   ├── PathError          no TCP path to a host: directly or through the corporate proxy
+    │   │   └── UpstreamProxyError  the corporate proxy would not carry us (407, 403, ...)
     │   └── TunnelClosed       the connection ended (GOAWAY, EOF, reset, ping timeout)
     ├── StreamError            one proxied stream failed; the tunnel lives on
     │   └── StreamRefused      the server answered the CONNECT with an error status
@@ -82,6 +84,21 @@ class WebSocketRefused(HandshakeError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PathError(TunnelError):
+    """No TCP connection to a host could be opened, directly or through the corporate
+    proxy; ``status`` is what a local client is answered when it waited for it (502,
+    504 for a timeout)."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamProxyError(PathError):
+    """The corporate proxy would not carry us to the host (refused credentials, a 403,
+    an unreachable proxy); the message names the proxy, what it said and the fix."""
 
 
 class TunnelClosed(TunnelError):

@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from fluidity.errors import ConfigError
-from fluidity.proxyauth import Credentials, UpstreamProxyError
+from fluidity.errors import ConfigError, UpstreamProxyError
+from fluidity.proxyauth import Credentials
 
 ProxyKind = Literal["direct", "http", "https", "socks4", "socks5"]
 

@@ -35,7 +35,7 @@ from typing import Protocol
 import spnego
 import spnego.exceptions
 
-from fluidity.errors import TunnelError
+from fluidity.errors import UpstreamProxyError
 
 SCHEME_NAMES = {"negotiate": "Negotiate", "ntlm": "NTLM", "basic": "Basic"}
 PREFERENCE = ("negotiate", "ntlm", "basic")
@@ -50,10 +50,6 @@ _SPNEGO_ERRORS = (
     ImportError,
     ValueError,
 )
-
-
-class UpstreamProxyError(TunnelError):
-    """The corporate proxy would not carry us to the server (import it from fluidity.upstream)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ passwords and tokens never appear in them.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import socket
@@ -31,22 +32,25 @@ from typing import Literal
 
 import h11
 
-from fluidity.errors import ConfigError
+from fluidity.configload import Section
+from fluidity.errors import ConfigError, UpstreamProxyError
 from fluidity.pac import ProxyChoice, find_proxies, mask_url, parse_proxy_url
 from fluidity.pac import proxy_from_environment as proxy_from_environment
 from fluidity.proxyauth import (
     ContextFactory,
     Credentials,
     ProxyAuthenticator,
-    UpstreamProxyError,
     parse_challenges,
     spnego_context,
 )
 
 __all__ = [
     "Credentials",
+    "PathWriter",
     "UpstreamProxyConfig",
     "UpstreamProxyError",
+    "describe_os_error",
+    "open_connection",
     "open_tunnel",
     "proxy_from_environment",
     "resolve_route",
@@ -63,11 +67,12 @@ MAX_REQUESTS = 6
 
 
 @dataclass(frozen=True)
-class UpstreamProxyConfig:
+class UpstreamProxyConfig(Section):
     """The agent.yaml ``upstream_proxy:`` section, validated when built.
 
     Validation errors name the key within the section (``url: ...``); the config
-    loader prefixes the file and the section path.
+    loader prefixes the file and the section path. A ``pac+`` url needs the optional
+    ``pypac`` package (``pip install 'fluidity[pac]'``); without it that is an error here.
 
     ``url`` is ``http://host:port`` (credentials may ride in it as
     ``http://user:pass@host:port``), ``env``, or ``pac+`` and the URL of a PAC file.
@@ -83,6 +88,7 @@ class UpstreamProxyConfig:
     password_env: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.password is not None and self.password_env is not None:
             raise ConfigError(
                 "password, password_env: set one, not both "
@@ -90,6 +96,11 @@ class UpstreamProxyConfig:
             )
         if self.mode == "http":
             parse_proxy_url(self.url, "url")
+        if self.mode == "pac" and importlib.util.find_spec("pypac") is None:
+            raise ConfigError(
+                "url: PAC files are evaluated by pypac, which is not installed: "
+                "pip install 'fluidity[pac]', or give the proxy as http://host:port"
+            )
         has_password = self.password is not None or self.password_env is not None
         if has_password and self.username is None:
             raise ConfigError("username: required when a password is set")
@@ -170,7 +181,8 @@ async def open_tunnel(
     except TimeoutError:
         raise UpstreamProxyError(
             f"timed out after {timeout:g} s {progress.phase}; check that the proxy is "
-            "reachable from this network, or raise the connect timeout"
+            "reachable from this network, or raise the connect timeout",
+            status=504,
         ) from None
 
 
@@ -220,12 +232,38 @@ async def _open_first(
 
 async def _dial(host: str, port: int) -> Streams:
     try:
-        return await asyncio.open_connection(host, port)
+        return await open_connection(host, port)
     except OSError as exc:
-        raise _Unreachable(_describe(exc)) from None
+        raise _Unreachable(describe_os_error(exc)) from None
 
 
-def _describe(exc: OSError) -> str:
+class PathWriter(asyncio.StreamWriter):
+    """A ``StreamWriter`` whose connection may be handed over to another protocol.
+
+    ``StreamWriter.__del__`` closes the connection of a writer that is garbage
+    collected while it is open (Python 3.11.3 and later): right for a forgotten
+    stream, wrong once :func:`fluidity.path.attach` has given the connection to a
+    protocol that owns it from then on. ``handed_over`` marks that moment.
+    """
+
+    handed_over = False
+
+    def __del__(self) -> None:
+        parent = getattr(asyncio.StreamWriter, "__del__", None)
+        if parent is not None and not self.handed_over:
+            parent(self)
+
+
+async def open_connection(host: str, port: int) -> Streams:
+    """``asyncio.open_connection``, with a :class:`PathWriter`. Raises ``OSError``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, PathWriter(transport, protocol, reader, loop)
+
+
+def describe_os_error(exc: OSError) -> str:
     """A short reason: "Connection refused", not asyncio's "Connect call failed (...)"."""
     if isinstance(exc, socket.gaierror):
         return f"the name does not resolve: {exc.strerror}"
@@ -289,7 +327,7 @@ class _ConnectExchange:
         except OSError as exc:
             raise UpstreamProxyError(
                 f"lost the connection to proxy {self.proxy} during CONNECT {self._target}: "
-                f"{_describe(exc)}"
+                f"{describe_os_error(exc)}"
             ) from None
         except h11.RemoteProtocolError as exc:
             raise UpstreamProxyError(

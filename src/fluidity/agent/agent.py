@@ -1,20 +1,33 @@
-"""The agent: a local HTTP proxy whose every connection rides the one tunnel."""
+"""The agent: a local HTTP and SOCKS5 proxy whose connections ride the one tunnel.
+
+Hosts on the ``direct:`` list are the exception: the agent connects to them
+itself (:mod:`fluidity.agent.direct`). With ``upstream_proxy:`` both the tunnel and
+those direct connections go out through the corporate proxy
+(:mod:`fluidity.path`). The agent also serves its split routing to browsers as a
+PAC file at ``/proxy.pac``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
 import time
+import urllib.parse
 from typing import Any, cast
 
 from fluidity.agent.client import ClientConnection
+from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper
 from fluidity.agent.routes import WebSocketSettings
 from fluidity.config import AgentConfig
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
+from fluidity.pac import mask_url
+from fluidity.path import open_path
+from fluidity.protocol.dispatch import FirstByteSession, SocksRelay
 from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
 from fluidity.protocol.retry import Backoff
 from fluidity.tls import agent_context, describe, outer_agent_context
@@ -22,6 +35,8 @@ from fluidity.tls import agent_context, describe, outer_agent_context
 log = logging.getLogger(__name__)
 
 STATUS_PATH = "/fluidity/status"
+PAC_PATH = "/proxy.pac"
+PAC_TYPE = "application/x-ns-proxy-autoconfig"
 
 
 class Agent:
@@ -30,6 +45,9 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.credentials = _credentials(config)
+        self.routing = config.routing
+        if config.upstream_proxy is not None:
+            config.upstream_proxy.credentials()  # a missing password_env stops the start
         context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
         websocket = None
         if config.transport != "direct":
@@ -49,6 +67,7 @@ class Agent:
             handshake_timeout=config.handshake_timeout,
             connect_wait=config.connect_wait,
             backoff=Backoff(config.reconnect.initial, config.reconnect.max),
+            connector=functools.partial(open_path, config.upstream_proxy),
             ca_pem=config.tls.ca.read_bytes(),
             transport=config.transport,
             websocket=websocket,
@@ -84,10 +103,11 @@ class Agent:
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         log.info(
-            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s (transport: %s)",
+            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s (transport: %s)%s",
             *self.address,
             self.keeper.address,
             self.config.transport,
+            _describe_routes(self.config),
         )
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -160,6 +180,13 @@ class Agent:
             "last_error": keeper.last_error or None,
         }
 
+    async def open_direct(self, host: str, port: int) -> DirectStream:
+        """A connection to a ``direct:`` host, through the corporate proxy if one is set;
+        ``handshake_timeout`` bounds it. Raises PathError."""
+        return await DirectStream.open(
+            self.config.upstream_proxy, host, port, timeout=self.config.handshake_timeout
+        )
+
     def _make_client(self) -> ClientConnection | _Refuser:
         if len(self.clients) >= self.config.max_client_connections:
             log.warning(
@@ -167,19 +194,34 @@ class Agent:
                 self.config.max_client_connections,
             )
             return _Refuser()
-        session = ClientSession(
-            credentials=self.credentials,
-            local_paths={STATUS_PATH: self._status_page},
-        )
+        session = FirstByteSession(http=self._http_session, socks=self._socks_session)
         client = ClientConnection(self, session)
         self.clients.add(client)
         return client
+
+    def _http_session(self) -> ClientSession:
+        return ClientSession(
+            credentials=self.credentials,
+            local_paths={STATUS_PATH: self._status_page, PAC_PATH: self._pac_file},
+        )
+
+    def _socks_session(self) -> SocksRelay:
+        return SocksRelay(self.credentials)
 
     def _status_page(self, request: LocalRequest) -> LocalResponse:
         if self.credentials is not None and not request.authenticated:
             raise ProxyProtocolError("the status page needs the proxy credentials", 407)
         body = json.dumps(self.status(), indent=2).encode() + b"\n"
         return LocalResponse(200, "application/json", body)
+
+    def _pac_file(self, request: LocalRequest) -> LocalResponse:
+        """The split routing as a PAC file; no credentials needed (browsers fetch PAC
+        files without proxy authentication, and it holds only the direct: list)."""
+        assert self.address is not None  # requests arrive only once listening
+        host, port = self.address
+        if ipaddress.ip_address(host).is_unspecified:
+            host = _host_header_name(request) or "127.0.0.1"
+        return LocalResponse(200, PAC_TYPE, self.routing.pac_file(host, port).encode())
 
 
 class _Refuser(asyncio.Protocol):
@@ -193,6 +235,29 @@ class _Refuser(asyncio.Protocol):
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
         )
         transport.close()
+
+
+def _describe_routes(config: AgentConfig) -> str:
+    """For the start line: the corporate proxy (password masked) and the direct: list."""
+    parts = []
+    if config.upstream_proxy is not None:
+        parts.append(f" via upstream proxy {mask_url(config.upstream_proxy.url)}")
+    if config.direct:
+        parts.append(f"; direct: {', '.join(config.direct)}")
+    return "".join(parts)
+
+
+def _host_header_name(request: LocalRequest) -> str | None:
+    """The host name in the request's Host header, if it is a plain name or address."""
+    for name, value in request.headers:
+        if name.lower() == "host":
+            try:
+                host = urllib.parse.urlsplit(f"//{value.strip()}").hostname
+            except ValueError:
+                return None
+            if host and all(c.isalnum() or c in ".-:" for c in host):
+                return host
+    return None
 
 
 def _credentials(config: AgentConfig) -> tuple[str, str] | None:

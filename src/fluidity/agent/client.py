@@ -1,23 +1,34 @@
-"""One local client connection of the agent: a socket, a session, a tunnel stream.
+"""One local client connection of the agent: a socket, a session, an upstream.
 
 ``ClientConnection`` is the asyncio protocol of a socket accepted on the
-agent's port. Everything HTTP lives in the sans-I/O ``ClientSession``; this
-class only moves bytes in and out of it and carries out the events it emits.
-The single task it ever starts is the one that opens a tunnel stream (that
-waits for the server); while it runs the client is not read, so the session
-never buffers more than one read.
+agent's port. Everything HTTP or SOCKS5 lives in the sans-I/O session (a
+``FirstByteSession`` choosing ``ClientSession`` or ``SocksRelay``); this class
+only moves bytes in and out of it and carries out the events it emits.
+
+An upstream is a tunnel stream, or, for a host on the ``direct:`` list, a
+``DirectStream``: the agent's own connection, with the same interface. The
+single task it ever starts is the one that opens an upstream (that waits for
+the server or the target); while it runs the client is not read, so the
+session never buffers more than one read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
-from fluidity.connection import TunnelStream, set_tcp_keepalive
-from fluidity.errors import StreamError, StreamRefused, TunnelError, TunnelUnavailable
+from fluidity.agent.direct import DirectStream
+from fluidity.connection import set_tcp_keepalive
+from fluidity.errors import (
+    PathError,
+    StreamError,
+    StreamRefused,
+    TunnelError,
+    TunnelUnavailable,
+)
+from fluidity.protocol.dispatch import DriverSession
 from fluidity.protocol.proxy import (
-    ClientSession,
     CloseClient,
     CloseUpstream,
     EndClient,
@@ -33,14 +44,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ClientConnection(asyncio.Protocol):
-    """Drives a ``ClientSession`` between a local socket and tunnel streams."""
+class Upstream(Protocol):
+    """What a client connection holds: a ``TunnelStream`` or a ``DirectStream``."""
 
-    def __init__(self, agent: Agent, session: ClientSession) -> None:
+    def write(self, data: bytes) -> bool: ...
+
+    def write_eof(self) -> None: ...
+
+    def acknowledge(self, size: int) -> None: ...
+
+    def abort(self) -> None: ...
+
+    @property
+    def tunnel_alive(self) -> bool: ...
+
+
+class ClientConnection(asyncio.Protocol):
+    """Drives a session between a local socket and its upstreams."""
+
+    def __init__(self, agent: Agent, session: DriverSession) -> None:
         self.agent = agent
         self.session = session
         self.transport: asyncio.Transport | None = None
-        self.stream: TunnelStream | None = None
+        self.stream: Upstream | None = None
         self.kind = "idle"
         self._opening: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
@@ -150,20 +176,31 @@ class ClientConnection(asyncio.Protocol):
         self._update_reading()
 
     async def _open(self, host: str, port: int) -> None:
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            self.stream = await self.agent.keeper.open_stream(authority, self)
+            stream = await self._connect(host, port)
         except StreamRefused as exc:
             self.session.upstream_failed(exc.status, exc.reason)
-        except TunnelUnavailable as exc:
-            self.session.upstream_failed(503, str(exc))
+        except (TunnelUnavailable, PathError) as exc:
+            status = exc.status if isinstance(exc, PathError) else 503
+            self.session.upstream_failed(status, str(exc))
         except (StreamError, TunnelError) as exc:
             self.session.upstream_failed(502, str(exc))
         else:
+            self.stream = stream
             self.session.upstream_opened()
         finally:
             self._opening = None
         self._pump()
+        if isinstance(self.stream, DirectStream) and self.stream.handler is None:
+            self.stream.start(self)  # the client has its answer: now the target's bytes
+
+    async def _connect(self, host: str, port: int) -> Upstream:
+        """A tunnel stream to ``host:port``, or a direct connection if it is on ``direct:``."""
+        if self.agent.routing.route(host) == "direct":
+            self.kind = "direct"
+            return await self.agent.open_direct(host, port)
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return await self.agent.keeper.open_stream(authority, self)
 
     def _close_client(self, abort: bool) -> None:
         if self.transport is None or self._closed:

@@ -14,6 +14,13 @@ failure naming our certificate.
 Client requests wait for the tunnel (``connect_wait``) instead of failing
 the moment it blinks.
 
+The TCP path to the server comes from a connector (by default
+:func:`fluidity.path.open_path` without a proxy; the agent passes its
+``upstream_proxy:``), called afresh for every attempt so a PAC file is
+evaluated again on each reconnect; TLS then runs over that path.
+``handshake_timeout`` bounds the whole of it: the proxy's CONNECT exchange
+included.
+
 The connection goes over the direct transport or the WebSocket transport
 (``fluidity.agent.routes``). With ``transport: auto`` the keeper starts direct
 and, the first time the direct transport meets TLS inspection, switches to the
@@ -23,6 +30,7 @@ WebSocket transport for good, saying so once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -46,6 +54,7 @@ from fluidity.errors import (
     TunnelError,
     TunnelUnavailable,
 )
+from fluidity.path import open_path
 from fluidity.protocol.retry import Backoff
 from fluidity.protocol.tunnel import Side
 
@@ -89,7 +98,7 @@ class TunnelKeeper:
         self._handshake_timeout = handshake_timeout
         self.connect_wait = connect_wait
         self._backoff = backoff or Backoff(0.5, 30.0)
-        self._connector = connector
+        self._connector: Connector = connector or functools.partial(open_path, None)
         self._ca_pem = ca_pem
         if transport != "direct" and websocket is None:
             raise ValueError(f"transport {transport!r} needs WebSocket settings")
@@ -252,13 +261,17 @@ class TunnelKeeper:
             keepalive_timeout=timeout,
             peer_name=f"server {self.address}",
         )
+        # The path, the TLS handshake(s) and the WebSocket upgrade share one budget;
+        # each step bounds itself so its failure names what it waited for. The outer
+        # timeout is a safety net.
+        budget = self._handshake_timeout
         try:
-            async with asyncio.timeout(self._handshake_timeout):
-                conn = await route.open(factory)
+            async with asyncio.timeout(budget + 0.5):
+                conn = await route.open(factory, budget=budget)
         except TimeoutError as exc:
             raise HandshakeError(
                 f"connecting to {self.address} ({route.name} transport) timed out after "
-                f"{self._handshake_timeout:g} s"
+                f"{budget:g} s"
             ) from exc
         return await self._await_first_word(conn)
 

@@ -17,29 +17,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from fluidity.config import WebSocketEndpoint
 from fluidity.connection import TunnelConnection
-from fluidity.errors import HandshakeError, TLSInspectionDetected, WebSocketRefused
+from fluidity.errors import HandshakeError, PathError, TLSInspectionDetected, WebSocketRefused
+from fluidity.path import Streams, attach, attach_tls
 from fluidity.protocol.tunnel import Side
 from fluidity.protocol.wschannel import WebSocketChannel
 from fluidity.wslink import WebSocketLink
 
 log = logging.getLogger(__name__)
 
-# Opens the TCP path to the server: directly, or through a corporate proxy.
-# Returns a connected socket, or None to let asyncio connect directly.
-Connector = Callable[[str, int], Awaitable[socket.socket | None]]
 ConnectionFactory = Callable[[], TunnelConnection]
-P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+class Connector(Protocol):
+    """Opens the TCP path to the server within ``timeout`` seconds: directly, or
+    through a corporate proxy. Raises PathError (see :func:`fluidity.path.open_path`)."""
+
+    def __call__(self, host: str, port: int, *, timeout: float) -> Awaitable[Streams]: ...
 
 
 class Route(Protocol):
@@ -48,8 +51,9 @@ class Route(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def open(self, factory: ConnectionFactory) -> TunnelConnection:
-        """A connected, handshaken tunnel connection; ``HandshakeError`` otherwise."""
+    async def open(self, factory: ConnectionFactory, *, budget: float) -> TunnelConnection:
+        """A connected, handshaken tunnel connection within ``budget`` seconds;
+        ``HandshakeError`` or ``PathError`` otherwise."""
         ...
 
 
@@ -62,18 +66,20 @@ class DirectRoute:
     server_name: str
     context: ssl.SSLContext
     ca_pem: bytes
-    connector: Connector | None = None
+    connector: Connector
     name: str = "direct"
 
-    async def open(self, factory: ConnectionFactory) -> TunnelConnection:
+    async def open(self, factory: ConnectionFactory, *, budget: float) -> TunnelConnection:
+        clock = _Budget(budget)
+        streams = await self.connector(self.host, self.port, timeout=budget)
+        conn = factory()
         address = f"{self.host}:{self.port}"
-        sock = await _open_path(self.connector, self.host, self.port)
         try:
-            _, conn = await _create_connection(
-                factory, self.host, self.port, sock, self.context, self.server_name
+            await attach_tls(
+                streams, conn, self.context, server_hostname=self.server_name, timeout=clock.left()
             )
         except ssl.SSLCertVerificationError as exc:
-            issuer = await self._foreign_issuer()
+            issuer = await self._foreign_issuer(clock.left())
             if issuer is not None:
                 raise TLSInspectionDetected(self.server_name, issuer) from exc
             raise HandshakeError(
@@ -84,10 +90,10 @@ class DirectRoute:
             raise HandshakeError(f"cannot connect to {address}: {exc}") from exc
         return conn
 
-    async def _foreign_issuer(self) -> str | None:
+    async def _foreign_issuer(self, budget: float) -> str | None:
         """The issuer of what the network presents for the server, if our CA did not issue it."""
         presented = await presented_certificate(
-            self.connector, self.host, self.port, self.server_name, alpn="h2"
+            self.connector, self.host, self.port, self.server_name, alpn="h2", budget=budget
         )
         if presented is None or issued_by_any(presented, self.ca_pem):
             return None
@@ -112,13 +118,14 @@ class WebSocketRoute:
     server_name: str
     inner_context: ssl.SSLContext
     outer_context: ssl.SSLContext
-    connector: Connector | None = None
+    connector: Connector
     ping_interval: float = 10.0
     ping_timeout: float = 10.0
     name: str = "websocket"
 
-    async def open(self, factory: ConnectionFactory) -> TunnelConnection:
+    async def open(self, factory: ConnectionFactory, *, budget: float) -> TunnelConnection:
         end = self.endpoint
+        clock = _Budget(budget)
         link = WebSocketLink(
             Side.AGENT,
             WebSocketChannel.client(host=end.name, port=end.port, path=end.path, secure=end.secure),
@@ -129,14 +136,20 @@ class WebSocketRoute:
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
         )
-        await self._connect_outer(link)
+        await self._connect_outer(link, clock)
         try:
-            conn = await link.opened
+            async with asyncio.timeout(clock.left()):
+                conn = await link.opened
         except WebSocketRefused as exc:
             raise WebSocketRefused(
                 f"{exc}; check websocket.url (the server's websocket.path) and that the "
                 "network lets WebSockets through",
                 exc.status,
+            ) from exc
+        except TimeoutError as exc:
+            link.abort()
+            raise HandshakeError(
+                f"no WebSocket upgrade and tunnel handshake from {end} within {budget:g} s"
             ) from exc
         except BaseException:
             link.abort()
@@ -144,17 +157,20 @@ class WebSocketRoute:
         assert isinstance(conn, TunnelConnection)
         return conn
 
-    async def _connect_outer(self, link: WebSocketLink) -> None:
+    async def _connect_outer(self, link: WebSocketLink, clock: _Budget) -> None:
+        """The path to the endpoint, and the outer TLS on it unless it is ``ws://``."""
         end = self.endpoint
-        sock = await _open_path(self.connector, end.host, end.port)
-        context = self.outer_context if end.secure else None
+        streams = await self.connector(end.host, end.port, timeout=clock.left())
+        if not end.secure:
+            await attach(streams, link)
+            return
         try:
-            await _create_connection(
-                lambda: link, end.host, end.port, sock, context, end.name if end.secure else None
+            await attach_tls(
+                streams, link, self.outer_context, server_hostname=end.name, timeout=clock.left()
             )
         except ssl.SSLCertVerificationError as exc:
             presented = await presented_certificate(
-                self.connector, end.host, end.port, end.name, alpn="http/1.1"
+                self.connector, end.host, end.port, end.name, alpn="http/1.1", budget=clock.left()
             )
             issuer = presented.issuer.rfc4514_string() if presented is not None else "unknown"
             raise HandshakeError(
@@ -167,7 +183,7 @@ class WebSocketRoute:
 
 
 async def presented_certificate(
-    connector: Connector | None, host: str, port: int, server_name: str, *, alpn: str
+    connector: Connector, host: str, port: int, server_name: str, *, alpn: str, budget: float
 ) -> x509.Certificate | None:
     """The certificate the network presents for ``server_name`` at ``host:port``, read by
     a handshake that verifies nothing and sends nothing; None if there is none to read."""
@@ -175,12 +191,13 @@ async def presented_certificate(
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # diagnosis only: closed before any data
     context.set_alpn_protocols([alpn])
+    clock = _Budget(budget)
     try:
-        sock = await _open_path(connector, host, port)
-        transport, _ = await _create_connection(
-            asyncio.Protocol, host, port, sock, context, server_name
+        streams = await connector(host, port, timeout=clock.left())
+        transport = await attach_tls(
+            streams, asyncio.Protocol(), context, server_hostname=server_name, timeout=clock.left()
         )
-    except (OSError, ssl.SSLError, HandshakeError) as exc:
+    except (OSError, ssl.SSLError, PathError) as exc:
         log.debug("probe of %s:%d failed: %s", host, port, exc)
         return None
     try:
@@ -202,29 +219,11 @@ def issued_by_any(certificate: x509.Certificate, ca_pem: bytes) -> bool:
     return False
 
 
-async def _open_path(connector: Connector | None, host: str, port: int) -> socket.socket | None:
-    if connector is None:
-        return None
-    try:
-        return await connector(host, port)
-    except OSError as exc:
-        raise HandshakeError(f"cannot reach {host}:{port}: {exc}") from exc
+class _Budget:
+    """One timeout shared by consecutive steps: ``left()`` is what remains of it."""
 
+    def __init__(self, seconds: float) -> None:
+        self._deadline = asyncio.get_running_loop().time() + seconds
 
-async def _create_connection(
-    factory: Callable[[], P],
-    host: str,
-    port: int,
-    sock: socket.socket | None,
-    context: ssl.SSLContext | None,
-    server_hostname: str | None,
-) -> tuple[asyncio.Transport, P]:
-    """Connect ``factory``'s protocol over ``sock`` if the path is open already, else dial."""
-    loop = asyncio.get_running_loop()
-    if sock is not None:
-        return await loop.create_connection(
-            factory, sock=sock, ssl=context, server_hostname=server_hostname
-        )
-    return await loop.create_connection(
-        factory, host, port, ssl=context, server_hostname=server_hostname
-    )
+    def left(self) -> float:
+        return max(self._deadline - asyncio.get_running_loop().time(), 0.001)

@@ -1,0 +1,169 @@
+"""A ``direct:`` route: the agent's own TCP connection to a target, held like a tunnel stream.
+
+Hosts on the agent.yaml ``direct:`` list (the intranet) are not carried by the
+tunnel: the agent connects to them itself, straight or through the corporate proxy
+when ``upstream_proxy:`` is set (the path is :func:`fluidity.path.open_path`).
+:class:`DirectStream` gives that connection the interface of a
+:class:`~fluidity.connection.TunnelStream` (``write``, ``write_eof``,
+``acknowledge``, ``abort``) and reports to the same
+:class:`~fluidity.connection.StreamHandler` callbacks, so a client connection drives
+both alike.
+
+Backpressure mirrors HTTP/2 flow control: bytes handed to the handler count as
+outstanding until it acknowledges them, and the socket stops being read while
+:data:`WINDOW` bytes are outstanding. Writes report a full socket buffer by
+returning False, and ``stream_drained`` follows once it empties.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+from fluidity.connection import StreamHandler, set_tcp_keepalive
+from fluidity.path import attach, open_path
+from fluidity.upstream import UpstreamProxyConfig
+
+# Bytes given to the handler and not yet acknowledged before the socket is paused:
+# the same order as one HTTP/2 stream window, so a direct route buffers no more
+# than a tunnelled one.
+WINDOW = 256 * 1024
+
+_Call = Callable[[StreamHandler], None]
+
+
+class DirectStream(asyncio.Protocol):
+    """One direct TCP connection; the handler is set by :meth:`start`.
+
+    Until :meth:`start`, what the connection reports (bytes, end, loss) is kept and
+    replayed to the handler then, in order: the holder answers its client first,
+    then hears the target.
+    """
+
+    def __init__(self, authority: str) -> None:
+        self.authority = authority
+        self.handler: StreamHandler | None = None
+        self._transport: asyncio.Transport | None = None
+        self._held: list[_Call] = []
+        self._outstanding = 0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._ended = {"in": False, "out": False}
+        self._closed = False  # the connection is gone or going
+        self._aborted = False  # the holder reset it: report nothing more
+
+    @classmethod
+    async def open(
+        cls,
+        upstream: UpstreamProxyConfig | None,
+        host: str,
+        port: int,
+        *,
+        timeout: float,  # noqa: ASYNC109 -- passed on to open_path, which also bounds PAC
+    ) -> DirectStream:
+        """Connect to ``host:port`` (through the proxy when ``upstream`` says so).
+
+        Raises :class:`~fluidity.errors.PathError` or
+        :class:`~fluidity.errors.UpstreamProxyError`; call :meth:`start` on the result.
+        """
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        stream = cls(authority)
+        await attach(await open_path(upstream, host, port, timeout=timeout), stream)
+        return stream
+
+    def start(self, handler: StreamHandler) -> None:
+        """Report to ``handler`` from now on, beginning with anything held."""
+        self.handler = handler
+        held, self._held = self._held, []
+        for call in held:
+            call(handler)
+
+    # -- the holder's side (as TunnelStream) ------------------------------------------
+
+    def write(self, data: bytes) -> bool:
+        """Send bytes; False means pause the source until ``stream_drained``."""
+        if self._transport is None or self._closed:
+            return True  # gone: the handler hears (or heard) stream_reset
+        self._transport.write(data)
+        return not self._writing_paused
+
+    def write_eof(self) -> None:
+        """Half-close after the queued bytes."""
+        if self._transport is None or self._closed or self._ended["out"]:
+            return
+        self._ended["out"] = True
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        self._close_if_done()
+
+    def acknowledge(self, size: int) -> None:
+        """``size`` bytes were passed on: read more once under half the window."""
+        self._outstanding -= size
+        if self._reading_paused and self._outstanding < WINDOW // 2 and not self._closed:
+            self._reading_paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
+
+    def abort(self) -> None:
+        """Reset the connection; the handler hears nothing more."""
+        self._closed = self._aborted = True
+        self.handler = None
+        self._held.clear()
+        if self._transport is not None:
+            self._transport.abort()
+
+    @property
+    def tunnel_alive(self) -> bool:
+        """Always True: there is no tunnel to lose, so a broken direct connection is a
+        lost upstream, never a reason to replay the request on a new tunnel."""
+        return True
+
+    # -- the connection's side (asyncio.Protocol) -------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        set_tcp_keepalive(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._outstanding += len(data)
+        if self._outstanding >= WINDOW and not self._reading_paused:
+            self._reading_paused = True
+            cast(asyncio.Transport, self._transport).pause_reading()
+        self._report(lambda handler: handler.stream_data(data))
+
+    def eof_received(self) -> bool:
+        self._ended["in"] = True
+        self._report(lambda handler: handler.stream_ended())
+        self._close_if_done()
+        return True  # keep the socket open: our side may still be sending
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if all(self._ended.values()) and exc is None:
+            return  # ended both ways: the handler heard everything already
+        reason = f"direct connection to {self.authority} lost: {exc or 'closed'}"
+        self._report(lambda handler: handler.stream_reset(reason))
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._report(lambda handler: handler.stream_drained())
+
+    # -- internals --------------------------------------------------------------------
+
+    def _report(self, call: _Call) -> None:
+        if self._aborted:
+            return
+        if self.handler is not None:
+            call(self.handler)
+        else:
+            self._held.append(call)
+
+    def _close_if_done(self) -> None:
+        if all(self._ended.values()) and self._transport is not None:
+            self._transport.close()
