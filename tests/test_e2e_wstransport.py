@@ -12,8 +12,7 @@ import ssl
 from collections.abc import AsyncIterator
 
 import pytest
-from websockets.asyncio.server import Server as WsServer
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import serve
 
 from fluidity.agent import Agent
 from fluidity.certs import QuickstartPKI, ensure_quickstart_pki
@@ -41,28 +40,20 @@ from wsfix import (
     FreezableRelay,
     InspectingRelay,
     connect_through,
+    echo,
     http_through,
     make_corporate_ca,
     marker,
     running,
     websocket_through,
+    ws_url,
 )
-
-
-async def echo(ws: ServerConnection) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 @pytest.fixture
 async def ws_origin() -> AsyncIterator[str]:
     async with serve(echo, LOOPBACK, 0) as server:
         yield ws_url(server)
-
-
-def ws_url(server: WsServer) -> str:
-    port = next(iter(server.sockets)).getsockname()[1]
-    return f"ws://{LOOPBACK}:{port}/echo"
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection
 
 from fluidity.certs import init_ca, issue_server
 
@@ -160,6 +162,17 @@ class FreezableRelay:
 
 
 # -- traffic -----------------------------------------------------------------------------
+
+
+async def echo(ws: ServerConnection) -> None:
+    """A WebSocket origin's handler: every message back to its sender."""
+    async for message in ws:
+        await ws.send(message)
+
+
+def ws_url(server: WsServer) -> str:
+    port = next(iter(server.sockets)).getsockname()[1]
+    return f"ws://{LOOPBACK}:{port}/echo"
 
 
 async def http_through(proxy: str, url: str) -> httpx.Response:
