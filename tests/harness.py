@@ -113,16 +113,21 @@ class Process:
 
 
 def start_process(
-    role: str, config: dict[str, object], workdir: Path, timeout: float = 20
+    role: str,
+    config: dict[str, object],
+    workdir: Path,
+    timeout: float = 20,
+    args: tuple[str, ...] = (),
 ) -> Process:
-    """Run ``fluidity ROLE --config`` with ``config``; wait for its 'listening' log line."""
+    """Run ``fluidity ROLE --config`` with ``config`` (and ``args``); wait for its
+    'listening' log line."""
     config_path = workdir / f"{role}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"{role}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "fluidity.cli", role, "--config", str(config_path)],
+            [sys.executable, "-m", "fluidity.cli", role, "--config", str(config_path), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

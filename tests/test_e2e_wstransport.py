@@ -10,6 +10,7 @@ import hashlib
 import logging
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.server import serve
@@ -33,7 +34,16 @@ from fluidity.errors import (
 )
 from fluidity.server import Server
 from fluidity.wslink import WebSocketLink
-from harness import LOOPBACK, Tunnel, make_agent_config, make_server_config
+from harness import (
+    LOOPBACK,
+    Process,
+    Tunnel,
+    agent_yaml,
+    make_agent_config,
+    make_server_config,
+    server_yaml,
+    start_process,
+)
 from origins import RecordingOrigin, pattern_sha256
 from wsfix import (
     CorporateCA,
@@ -451,3 +461,29 @@ async def test_websocket_outer_layer_untrusted_names_the_issuer_and_the_fix(
             assert "websocket.outer_ca" in message
         finally:
             await tunnel.close()
+
+
+# -- real processes ------------------------------------------------------------------------
+
+
+async def test_fluidity_processes_speak_the_websocket_transport(
+    pki: QuickstartPKI,
+    tmp_path: Path,
+    processes: list[Process],
+    origin: RecordingOrigin,
+    ws_origin: str,
+) -> None:
+    """``fluidity server`` and ``fluidity agent --transport websocket`` (uvloop, YAML)."""
+    server = start_process("server", server_yaml(pki), tmp_path)
+    processes.append(server)
+    config = agent_yaml(pki, server.port, websocket={"ping_interval": 0.2})
+    agent = start_process("agent", config, tmp_path, args=("--transport", "websocket"))
+    processes.append(agent)
+    proxy = f"http://{LOOPBACK}:{agent.port}"
+    assert (await http_through(proxy, f"{origin.url}/x")).content == b"hello"
+    assert await connect_through(agent.port, origin.port, "/y") == b"hello"
+    text = marker()
+    assert await websocket_through(proxy, ws_origin, text) == text
+    assert "tunnel up: connected to" in agent.log()
+    assert "(websocket transport)" in agent.log()
+    assert "(websocket transport)" in server.log()
