@@ -102,7 +102,7 @@ class Handoff(asyncio.Protocol):
 
     def __init__(
         self,
-        make_connection: Callable[[], asyncio.Protocol],
+        make_connection: Callable[[], asyncio.BaseProtocol],
         make_link: Callable[[], WebSocketLink] | None,
     ) -> None:
         self._make_connection = make_connection
@@ -116,7 +116,7 @@ class Handoff(asyncio.Protocol):
         transport.set_protocol(target)
         target.connection_made(transport)
 
-    def _choose(self, transport: asyncio.BaseTransport) -> asyncio.Protocol | None:
+    def _choose(self, transport: asyncio.BaseTransport) -> asyncio.BaseProtocol | None:
         if self._make_link is None:  # WebSocket transport off: the direct one, as always
             return self._make_connection()
         ssl_object = transport.get_extra_info("ssl_object")
@@ -130,7 +130,7 @@ class Handoff(asyncio.Protocol):
 
 
 def make_link(
-    config: ServerConfig, inner: ssl.SSLContext, factory: Callable[[], asyncio.Protocol]
+    config: ServerConfig, inner: ssl.SSLContext, factory: Callable[[], asyncio.BaseProtocol]
 ) -> WebSocketLink:
     """A server-side WebSocket link whose tunnel protocol comes from ``factory``."""
     return WebSocketLink(

@@ -60,7 +60,7 @@ class WebSocketLink(asyncio.Protocol):
         side: Side,
         channel: WebSocketChannel,
         inner_context: ssl.SSLContext,
-        protocol_factory: Callable[[], asyncio.Protocol],
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
         *,
         server_hostname: str | None = None,
         peer: str = "peer",
@@ -79,14 +79,14 @@ class WebSocketLink(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._outer: asyncio.Transport | None = None
         self._tls: MemoryTLS | None = None
-        self._protocol: asyncio.Protocol | None = None
+        self._protocol: asyncio.BaseProtocol | None = None
         self._inner: InnerTransport | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._failure: TunnelError | None = None
         self._lost = False
         self.request_headers: tuple[tuple[str, str], ...] = ()
         self.pongs_received = 0
-        self.opened: asyncio.Future[asyncio.Protocol] = self._loop.create_future()
+        self.opened: asyncio.Future[asyncio.BaseProtocol] = self._loop.create_future()
         self.opened.add_done_callback(_retrieve)
 
     # -- asyncio.Protocol (the outer connection) ----------------------------
@@ -234,7 +234,7 @@ class WebSocketLink(asyncio.Protocol):
         if self._tls.handshake_complete and self._inner is None:
             self._attach()
         if plaintext and self._protocol is not None:
-            self._protocol.data_received(plaintext)
+            deliver(self._protocol, plaintext)
         if self._tls.peer_closed:
             self._finish()
 
@@ -372,6 +372,20 @@ class InnerTransport(asyncio.Transport):
     def get_protocol(self) -> asyncio.BaseProtocol:
         assert self._protocol is not None
         return self._protocol
+
+
+def deliver(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Hand ``data`` to a protocol, buffered (``get_buffer``/``buffer_updated``) or not."""
+    if isinstance(protocol, asyncio.BufferedProtocol):
+        view = memoryview(data)
+        while view:
+            buffer = memoryview(protocol.get_buffer(len(view)))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            protocol.buffer_updated(size)
+            view = view[size:]
+    else:
+        cast(asyncio.Protocol, protocol).data_received(data)
 
 
 def _header(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
