@@ -6,6 +6,7 @@ public-certificate listeners, refusals, keepalive, and TLS-inspection detection
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import ssl
@@ -189,6 +190,21 @@ async def test_inner_authentication_is_required_on_the_websocket_transport(
         await tunnel.close()
 
 
+async def answer_to_h2(port: int, context: ssl.SSLContext) -> bytes:
+    """Connect with ``context`` (ALPN h2), send the HTTP/2 preface; the server's first
+    bytes, or b"" if it closed instead (or cut the handshake itself)."""
+    received = b""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        async with asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection(
+                LOOPBACK, port, ssl=context, server_hostname="localhost"
+            )
+            writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            received = await reader.read(65536)
+            writer.close()
+    return received
+
+
 async def test_the_direct_transport_still_requires_a_client_certificate(
     pki: QuickstartPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -197,19 +213,28 @@ async def test_the_direct_transport_still_requires_a_client_certificate(
     context = ssl.create_default_context(cafile=str(pki.ca_cert))
     context.set_alpn_protocols(["h2"])  # the direct transport, without a certificate
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                LOOPBACK, tunnel.server.address[1], ssl=context, server_hostname="localhost"
-            ),
-            10,
-        )
-        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        async with asyncio.timeout(10):
-            with pytest.raises((ConnectionError, ssl.SSLError)):
-                assert await reader.read() == b""
-                raise ConnectionResetError("closed")  # EOF counts as refused too
-        writer.close()
+        assert await answer_to_h2(tunnel.server.address[1], context) == b""
         assert "no client certificate: the direct transport requires one" in caplog.text
+        # The same with the certificate: the server speaks HTTP/2 (its SETTINGS).
+        context.load_cert_chain(pki.client_cert, pki.client_key)
+        assert await answer_to_h2(tunnel.server.address[1], context) != b""
+    finally:
+        await tunnel.close()
+
+
+async def test_the_direct_transport_still_requires_tls13(
+    pki: QuickstartPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    # TLS 1.2 is allowed on the main port for the WebSocket transport's outer layer only.
+    tunnel = await start(pki)
+    assert tunnel.server.address is not None
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(pki.client_cert, pki.client_key)
+    context.set_alpn_protocols(["h2"])
+    try:
+        assert await answer_to_h2(tunnel.server.address[1], context) == b""
+        assert "TLSv1.2 with h2: the direct transport requires TLS 1.3" in caplog.text
     finally:
         await tunnel.close()
 
