@@ -294,6 +294,23 @@ async def test_plain_listener_behind_a_tls_terminating_load_balancer(
         await tunnel.close()
 
 
+async def test_plain_listener_answers_health_checks(pki: QuickstartPKI) -> None:
+    server_ws = ServerWebSocket(listen=Address(LOOPBACK, 0))
+    srv = Server(make_server_config(pki, websocket=server_ws))
+    await srv.start()
+    assert srv.websocket_address is not None
+    try:
+        for path, status in (("/fluidity", b"426"), ("/", b"404")):
+            reader, writer = await asyncio.open_connection(LOOPBACK, srv.websocket_address[1])
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: ws\r\n\r\n".encode())
+            async with asyncio.timeout(10):
+                answer = await reader.read()  # the server closes after answering
+            assert answer.startswith(b"HTTP/1.1 " + status), answer
+            writer.close()
+    finally:
+        await srv.shutdown(drain_timeout=0)
+
+
 async def test_own_listener_with_a_public_certificate(
     pki: QuickstartPKI, public: CorporateCA, origin: RecordingOrigin
 ) -> None:
