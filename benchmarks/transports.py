@@ -6,15 +6,18 @@ Starts a ``fluidity server`` and two ``fluidity agent`` processes on loopback
 (``transport: direct`` and ``transport: websocket``; uvloop where available), a
 byte source/sink origin in this process, and measures each transport the same way:
 
-* bulk MB/s through a CONNECT stream, download (origin -> client) and upload;
+* bulk MB/s through a CONNECT stream, download (origin -> client) and upload,
+  and the CPU milliseconds the agent and the server spend per MB moved;
 * CONNECT latency: CONNECT sent -> ``200`` received on the established tunnel;
 * tunnel setup: a new tunnel connection from nothing to the server's first
   HTTP/2 frame (direct: TCP + TLS 1.3; websocket: TCP + outer TLS + upgrade +
   inner TLS 1.3), made in this process with the agent's own routes.
 
-It prints medians and the websocket/direct ratio of each, and writes them as
-JSON with ``--json``. ``--smoke`` runs tiny sizes (the test suite runs it to
-keep this script working; it asserts nothing about speed).
+Measurements alternate between the transports, round by round, so load that
+drifts during the run weighs on both alike. It prints medians and the
+websocket/direct ratio of each, and writes them as JSON with ``--json``.
+``--smoke`` runs tiny sizes (the test suite runs it to keep this script working;
+it asserts nothing about speed).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ LOOPBACK = "127.0.0.1"
 MIB = 1024 * 1024
 CHUNK = 256 * 1024
 TRANSPORTS = ("direct", "websocket")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,10 @@ class Plan:
     setups: int
 
 
-FULL = Plan(bulk_bytes=256 * MIB, bulk_repeats=3, connects=300, setups=30)
-SMOKE = Plan(bulk_bytes=2 * MIB, bulk_repeats=1, connects=5, setups=2)
+FULL = Plan(bulk_bytes=128 * MIB, bulk_repeats=7, connects=500, setups=50)
+SMOKE = Plan(bulk_bytes=2 * MIB, bulk_repeats=1, connects=10, setups=5)
+# Latency and setup samples are taken in this many alternating rounds.
+ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class Figures:
 
     download_mb_s: float
     upload_mb_s: float
+    cpu_ms_per_mb: float
     connect_ms: float
     connect_p99_ms: float
     setup_ms: float
@@ -214,9 +221,28 @@ def start(role: str, config: dict[str, object], workdir: Path, name: str) -> tup
     raise RuntimeError(f"{name} did not start:\n{log.read_text(errors='replace')}")
 
 
+@dataclass(frozen=True)
+class Fleet:
+    """The running processes: the server's port, each agent's proxy port, and for each
+    transport the pids whose CPU time its transfers cost (its agent, the server)."""
+
+    server_port: int
+    proxies: dict[str, int]
+    pids: dict[str, tuple[int, int]]
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User + system CPU seconds the processes have used so far (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
 @contextlib.contextmanager
-def fluidity(pki: QuickstartPKI, workdir: Path) -> Iterator[tuple[int, dict[str, int]]]:
-    """A server and one agent per transport; (server port, {transport: proxy port})."""
+def fluidity(pki: QuickstartPKI, workdir: Path) -> Iterator[Fleet]:
+    """A server and one agent per transport."""
     tls = {"ca": str(pki.ca_cert), "cert": str(pki.server_cert), "key": str(pki.server_key)}
     procs = []
     try:
@@ -227,7 +253,7 @@ def fluidity(pki: QuickstartPKI, workdir: Path) -> Iterator[tuple[int, dict[str,
             "server",
         )
         procs.append(server)
-        ports = {}
+        ports, pids = {}, {}
         for transport in TRANSPORTS:
             agent_tls = {
                 "ca": str(pki.ca_cert),
@@ -243,7 +269,8 @@ def fluidity(pki: QuickstartPKI, workdir: Path) -> Iterator[tuple[int, dict[str,
             }
             agent, ports[transport] = start("agent", config, workdir, f"agent-{transport}")
             procs.append(agent)
-        yield server_port, ports
+            pids[transport] = (agent.pid, server.pid)
+        yield Fleet(server_port, ports, pids)
     finally:
         for proc in procs:
             proc.terminate()
@@ -267,30 +294,45 @@ async def origin() -> AsyncIterator[int]:
 
 
 async def measure(plan: Plan, pki: QuickstartPKI, workdir: Path) -> dict[str, Figures]:
-    results = {}
+    """Each measurement in rounds that alternate the transports, so a machine whose
+    load drifts during the run weighs on both alike; medians over the rounds.
+
+    Wall-clock MB/s move with the machine's load; the CPU time the agent and server
+    processes spend per MB moved (``cpu_ms_per_mb``) hardly does."""
+    samples: dict[str, dict[str, list[float]]] = {
+        t: {"down": [], "up": [], "cpu": [], "connect": [], "setup": []} for t in TRANSPORTS
+    }
     async with origin() as origin_port:
-        with fluidity(pki, workdir) as (server_port, proxies):
+        with fluidity(pki, workdir) as fleet:
             for transport in TRANSPORTS:
-                proxy = proxies[transport]
-                await connect_latencies(proxy, origin_port, 3)  # the tunnel is up and warm
-                downs = [
-                    await download(proxy, origin_port, plan.bulk_bytes)
-                    for _ in range(plan.bulk_repeats)
-                ]
-                ups = [
-                    await upload(proxy, origin_port, plan.bulk_bytes)
-                    for _ in range(plan.bulk_repeats)
-                ]
-                connects = await connect_latencies(proxy, origin_port, plan.connects)
-                setups = await setup_times(pki, server_port, transport, plan.setups)
-                results[transport] = Figures(
-                    download_mb_s=statistics.median(downs),
-                    upload_mb_s=statistics.median(ups),
-                    connect_ms=statistics.median(connects) * 1000,
-                    connect_p99_ms=_percentile(connects, 0.99) * 1000,
-                    setup_ms=statistics.median(setups) * 1000,
-                )
-    return results
+                await connect_latencies(fleet.proxies[transport], origin_port, 3)  # warm
+            for _ in range(plan.bulk_repeats):
+                for transport in TRANSPORTS:
+                    got, proxy = samples[transport], fleet.proxies[transport]
+                    cpu = cpu_seconds(fleet.pids[transport])
+                    got["down"].append(await download(proxy, origin_port, plan.bulk_bytes))
+                    got["up"].append(await upload(proxy, origin_port, plan.bulk_bytes))
+                    used = cpu_seconds(fleet.pids[transport]) - cpu
+                    got["cpu"].append(used * 1000 / (2 * plan.bulk_bytes / MIB))
+            for _ in range(ROUNDS):
+                for transport in TRANSPORTS:
+                    got, proxy = samples[transport], fleet.proxies[transport]
+                    count = max(plan.connects // ROUNDS, 1)
+                    got["connect"] += await connect_latencies(proxy, origin_port, count)
+                    setups = max(plan.setups // ROUNDS, 1)
+                    got["setup"] += await setup_times(pki, fleet.server_port, transport, setups)
+    return {transport: _figures(got) for transport, got in samples.items()}
+
+
+def _figures(got: dict[str, list[float]]) -> Figures:
+    return Figures(
+        download_mb_s=statistics.median(got["down"]),
+        upload_mb_s=statistics.median(got["up"]),
+        cpu_ms_per_mb=statistics.median(got["cpu"]),
+        connect_ms=statistics.median(got["connect"]) * 1000,
+        connect_p99_ms=_percentile(got["connect"], 0.99) * 1000,
+        setup_ms=statistics.median(got["setup"]) * 1000,
+    )
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -26,7 +26,10 @@ from typing import Any
 
 from fluidity.errors import HandshakeError, TunnelClosed
 
-READ_SIZE = 256 * 1024
+# One TLS record holds at most 16 KiB, and ``SSLObject.read`` returns at most one: a
+# larger request only makes each call allocate (and, past malloc's mmap threshold,
+# map and unmap) memory it gives back at once -- several times slower in bulk.
+READ_SIZE = 64 * 1024
 
 
 class MemoryTLS:

@@ -20,7 +20,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -161,12 +161,18 @@ class WebSocketRoute:
         """The path to the endpoint, and the outer TLS on it unless it is ``ws://``."""
         end = self.endpoint
         streams = await self.connector(end.host, end.port, timeout=clock.left())
+        # A buffered protocol that also takes data_received, as attach's replay needs.
+        protocol = cast(asyncio.Protocol, link)
         if not end.secure:
-            await attach(streams, link)
+            await attach(streams, protocol)
             return
         try:
             await attach_tls(
-                streams, link, self.outer_context, server_hostname=end.name, timeout=clock.left()
+                streams,
+                protocol,
+                self.outer_context,
+                server_hostname=end.name,
+                timeout=clock.left(),
             )
         except ssl.SSLCertVerificationError as exc:
             presented = await presented_certificate(
