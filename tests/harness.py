@@ -86,14 +86,23 @@ class Tunnel:
         await self.server.shutdown(drain_timeout=1.0)
 
 
-async def start_tunnel(pki: QuickstartPKI, **agent_changes: object) -> Tunnel:
-    server = Server(make_server_config(pki))
+async def start_tunnel(
+    pki: QuickstartPKI,
+    *,
+    server_changes: dict[str, object] | None = None,
+    wait_ready: bool = True,
+    **agent_changes: object,
+) -> Tunnel:
+    """A server and an agent; ``server_changes`` go to the server config, the other
+    keywords to the agent's. ``wait_ready=False`` returns before the tunnel is up."""
+    server = Server(make_server_config(pki, **(server_changes or {})))
     await server.start()
     assert server.address is not None
     agent = Agent(make_agent_config(pki, server.address[1], **agent_changes))
     await agent.start()
     tunnel = Tunnel(server, agent)
-    await tunnel.ready()
+    if wait_ready:
+        await tunnel.ready()
     return tunnel
 
 

@@ -482,6 +482,68 @@ def test_auth_needs_exactly_one_password_source(kwargs: dict[str, str]) -> None:
         AuthConfig(username="bob", **kwargs)
 
 
+def test_upstream_proxy_and_direct_load_from_the_file(conf: Path) -> None:
+    extra = (
+        "upstream_proxy:\n"
+        "  url: http://proxy.corp.example:3128\n"
+        '  username: "CORP\\\\alice"\n'
+        "  password: hunter2\n"
+        'direct: ["*.corp.example", intranet, 10.0.0.0/8]\n'
+    )
+    config = load_agent_config(agent_file(conf, extra), env={})
+    proxy = config.upstream_proxy
+    assert proxy is not None and proxy.mode == "http"
+    assert (proxy.username, proxy.password) == ("CORP\\alice", "hunter2")
+    assert "hunter2" not in repr(config)
+    assert config.direct == ("*.corp.example", "intranet", "10.0.0.0/8")
+    assert config.routing.route("wiki.corp.example") == "direct"
+    assert config.routing.route("10.1.2.3") == "direct"
+    assert config.routing.route("example.com") == "tunnel"
+
+
+def test_upstream_proxy_and_direct_from_the_environment(conf: Path) -> None:
+    env = {
+        "FLUIDITY_AGENT__UPSTREAM_PROXY__URL": "env",
+        "FLUIDITY_AGENT__DIRECT": '["intranet", "192.0.2.0/24"]',
+    }
+    config = load_agent_config(agent_file(conf), env=env)
+    assert config.upstream_proxy is not None and config.upstream_proxy.mode == "env"
+    assert config.direct == ("intranet", "192.0.2.0/24")
+
+
+def test_no_upstream_proxy_and_no_direct_by_default(conf: Path) -> None:
+    config = load_agent_config(agent_file(conf), env={})
+    assert config.upstream_proxy is None and config.direct == ()
+    assert config.routing.route("127.0.0.1") == "tunnel"  # the tests' origins use the tunnel
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "upstream_proxy: {url: 'ftp://proxy:21'}\n",
+            "upstream_proxy: url: 'ftp://proxy:21' is not supported; write http://",
+        ),
+        (
+            "upstream_proxy: {url: env, password: x}\n",
+            "upstream_proxy: username: required when a password is set",
+        ),
+        (
+            "upstream_proxy: {url: env, username: a, password: x, password_env: Y}\n",
+            "upstream_proxy: password, password_env: set one, not both",
+        ),
+        ("upstream_proxy: {username: a}\n", "upstream_proxy.url: missing required key"),
+        ("upstream_proxy: {url: env, colour: red}\n", "upstream_proxy.colour: unknown key"),
+        ("direct: [intranet, 'bad/x']\n", "direct[1]: 'bad/x' is not a network"),
+        ("direct: intranet\n", "direct: expected a list of strings"),
+    ],
+)
+def test_upstream_proxy_and_direct_errors_name_the_key(
+    conf: Path, extra: str, message: str
+) -> None:
+    assert message in config_error(load_agent_config, agent_file(conf, extra))
+
+
 def test_configs_are_frozen(conf: Path) -> None:
     config = load_agent_config(agent_file(conf), env={})
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -199,6 +199,15 @@ class TunnelConnection(asyncio.Protocol):
         )
 
     @property
+    def peer_address(self) -> tuple[str, int] | None:
+        """The address of the far end of our socket: the peer, or the corporate proxy
+        when the connection runs through one; None before it is made."""
+        if self._transport is None:
+            return None
+        peer = self._transport.get_extra_info("peername")
+        return (peer[0], peer[1]) if peer else None
+
+    @property
     def active_streams(self) -> int:
         return len(self._streams) + len(self._opening)
 

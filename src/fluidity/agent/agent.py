@@ -178,6 +178,9 @@ class Agent:
             "bytes_out": conn.bytes_out if conn else 0,
             "bytes_in": conn.bytes_in if conn else 0,
             "last_error": keeper.last_error or None,
+            "upstream_proxy": mask_url(proxy.url)
+            if (proxy := self.config.upstream_proxy)
+            else None,
         }
 
     async def open_direct(self, host: str, port: int) -> DirectStream:

@@ -44,7 +44,7 @@ class DirectStream(asyncio.Protocol):
     def __init__(self, authority: str) -> None:
         self.authority = authority
         self.handler: StreamHandler | None = None
-        self._transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
         self._held: list[_Call] = []
         self._outstanding = 0
         self._reading_paused = False
@@ -83,18 +83,18 @@ class DirectStream(asyncio.Protocol):
 
     def write(self, data: bytes) -> bool:
         """Send bytes; False means pause the source until ``stream_drained``."""
-        if self._transport is None or self._closed:
+        if self.transport is None or self._closed:
             return True  # gone: the handler hears (or heard) stream_reset
-        self._transport.write(data)
+        self.transport.write(data)
         return not self._writing_paused
 
     def write_eof(self) -> None:
         """Half-close after the queued bytes."""
-        if self._transport is None or self._closed or self._ended["out"]:
+        if self.transport is None or self._closed or self._ended["out"]:
             return
         self._ended["out"] = True
-        if self._transport.can_write_eof():
-            self._transport.write_eof()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
         self._close_if_done()
 
     def acknowledge(self, size: int) -> None:
@@ -102,16 +102,16 @@ class DirectStream(asyncio.Protocol):
         self._outstanding -= size
         if self._reading_paused and self._outstanding < WINDOW // 2 and not self._closed:
             self._reading_paused = False
-            if self._transport is not None:
-                self._transport.resume_reading()
+            if self.transport is not None:
+                self.transport.resume_reading()
 
     def abort(self) -> None:
         """Reset the connection; the handler hears nothing more."""
         self._closed = self._aborted = True
         self.handler = None
         self._held.clear()
-        if self._transport is not None:
-            self._transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
     @property
     def tunnel_alive(self) -> bool:
@@ -122,14 +122,14 @@ class DirectStream(asyncio.Protocol):
     # -- the connection's side (asyncio.Protocol) -------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         set_tcp_keepalive(transport)
 
     def data_received(self, data: bytes) -> None:
         self._outstanding += len(data)
         if self._outstanding >= WINDOW and not self._reading_paused:
             self._reading_paused = True
-            cast(asyncio.Transport, self._transport).pause_reading()
+            cast(asyncio.Transport, self.transport).pause_reading()
         self._report(lambda handler: handler.stream_data(data))
 
     def eof_received(self) -> bool:
@@ -165,5 +165,5 @@ class DirectStream(asyncio.Protocol):
             self._held.append(call)
 
     def _close_if_done(self) -> None:
-        if all(self._ended.values()) and self._transport is not None:
-            self._transport.close()
+        if all(self._ended.values()) and self.transport is not None:
+            self.transport.close()

@@ -273,7 +273,11 @@ class TunnelKeeper:
                 f"connecting to {self.address} ({route.name} transport) timed out after "
                 f"{budget:g} s"
             ) from exc
-        return await self._await_first_word(conn)
+        try:
+            return await self._await_first_word(conn)
+        except asyncio.CancelledError:
+            conn.close_now("agent stopping")  # not ours yet: run()'s cleanup cannot see it
+            raise
 
     async def _await_first_word(self, conn: TunnelConnection) -> TunnelConnection:
         try:

@@ -22,7 +22,6 @@ from typing import Protocol
 
 from fluidity.protocol.proxyevents import (
     CloseClient,
-    CloseUpstream,
     EndClient,
     EndUpstream,
     ProxyEvent,
@@ -106,10 +105,9 @@ class SocksRelay:
         self._end("upstream")
 
     def upstream_opened(self) -> None:
-        """Answer success and start the relay; if the client is gone, drop the upstream."""
-        if self.core.state is State.CLOSED:
-            self._emit(CloseUpstream())
-            return
+        """Answer success and start the relay. After the session closed the client (it
+        sent too much early data) nothing follows: the driver drops the upstream with
+        the client connection, as after any ``CloseClient``."""
         self._take(self.core.upstream_opened())
 
     def upstream_failed(self, status: int, reason: str) -> None:
