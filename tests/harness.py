@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,14 +127,16 @@ def start_process(
     config: dict[str, object],
     workdir: Path,
     timeout: float = 20,
-    args: tuple[str, ...] = (),
+    *,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Process:
-    """Run ``fluidity ROLE --config`` with ``config`` (and ``args``); wait for its
-    'listening' log line."""
+    """Run ``fluidity ROLE --config`` with ``config`` (and ``args``, and ``env`` added to
+    the environment); wait for its 'listening' log line."""
     config_path = workdir / f"{role}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"{role}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
             [sys.executable, "-m", "fluidity.cli", role, "--config", str(config_path), *args],

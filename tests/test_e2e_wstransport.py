@@ -208,6 +208,7 @@ async def answer_to_h2(port: int, context: ssl.SSLContext) -> bytes:
 async def test_the_direct_transport_still_requires_a_client_certificate(
     pki: QuickstartPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO", logger="fluidity.server")
     tunnel = await start(pki)
     assert tunnel.server.address is not None
     context = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -226,6 +227,7 @@ async def test_the_direct_transport_still_requires_tls13(
     pki: QuickstartPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     # TLS 1.2 is allowed on the main port for the WebSocket transport's outer layer only.
+    caplog.set_level("INFO", logger="fluidity.server")
     tunnel = await start(pki)
     assert tunnel.server.address is not None
     context = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -526,6 +528,6 @@ async def test_fluidity_processes_speak_the_websocket_transport(
     assert await connect_through(agent.port, origin.port, "/y") == b"hello"
     text = marker()
     assert await websocket_through(proxy, ws_origin, text) == text
-    assert "tunnel up: connected to" in agent.log()
+    assert "tunnel up after" in agent.log()
     assert "(websocket transport)" in agent.log()
     assert "(websocket transport)" in server.log()

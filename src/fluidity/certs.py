@@ -228,7 +228,7 @@ def check_private_key_file(path: Path) -> None:
     is checked.
     """
     try:
-        mode = path.stat().st_mode & 0o777
+        mode = path.stat().st_mode & 0o777  # windows: read, but only judged on POSIX below
     except OSError as exc:
         raise CertificateError(f"cannot read private key {path}: {exc.strerror}") from exc
     if os.name == "nt" or not mode & 0o077:
@@ -524,7 +524,7 @@ def _make_private_directory(directory: Path) -> None:
         return
     try:
         directory.mkdir(parents=True, mode=0o700)
-        if os.name != "nt":
+        if os.name != "nt":  # windows: ACLs, not modes, protect the directory there
             directory.chmod(0o700)  # mkdir's mode is filtered by the umask
     except OSError as exc:
         raise CertificateError(f"cannot create {directory}: {exc.strerror}") from exc

@@ -1,4 +1,9 @@
-"""The ``fluidity`` command: argparse subcommands -> config -> ``runtime.run``."""
+"""The ``fluidity`` command: argparse subcommands -> config -> ``runtime.run``.
+
+Every command takes ``--log-level`` and ``--log-format`` (before or after its
+name); logging is set up from them before the command runs, and ``agent`` and
+``server`` set it up again from their config, where the flags win.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fetch a page from a built-in origin through the tunnel, then exit",
     )
-    quick.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     quick.set_defaults(func=_cmd_quickstart)
 
     health = sub.add_parser("health", help="exit 0 if the configured listener accepts TCP")
@@ -73,9 +77,69 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.set_defaults(func=_cmd_health)
 
+    _add_status(sub)
     certs_cli.add_parser(sub)
     _add_optional_commands(sub)
+    _add_logging_options(parser)
     return parser
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser(
+        "status",
+        help="ask the running agent how the tunnel is",
+        description="Print the running agent's tunnel state, server, uptime, reconnects, "
+        "active streams, traffic and last error.",
+    )
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, help="the agent.yaml the agent runs with")
+    where.add_argument("--address", help="the agent's host:port (default: 127.0.0.1:8080)")
+    status.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument(
+        "--interval", type=_positive, default=2.0, help="seconds between refreshes (default: 2)"
+    )
+    status.add_argument("--count", type=_positive_int, help="with --watch: stop after N refreshes")
+    status.set_defaults(func=_cmd_status)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def _add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """--log-level/--log-format on ``parser`` and every command under it.
+
+    SUPPRESS as the default: a subcommand that is not given the flag leaves the
+    value given before the command name alone (argparse would reset it).
+    """
+    if not any(a.dest == "log_level" for a in parser._actions):
+        parser.add_argument(
+            "--log-level",
+            choices=["debug", "info", "warning", "error"],
+            default=argparse.SUPPRESS,
+            help="least severe message logged (default: info, or the config's)",
+        )
+        parser.add_argument(
+            "--log-format",
+            choices=["text", "json"],
+            default=argparse.SUPPRESS,
+            help="text lines or JSON objects (default: text, or the config's)",
+        )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _add_logging_options(child)
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,8 +155,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--config", type=Path, help="YAML config file (without it, FLUIDITY_* variables alone)"
     )
     parser.add_argument("--listen", help="override the listen address (host:port)")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", choices=["text", "json"])
 
 
 def _overrides(args: argparse.Namespace, *names: str) -> dict[str, object]:
@@ -141,7 +203,6 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from fluidity import quickstart, runtime
 
-    runtime.setup_logging(args.log_level, "text")
     return runtime.run(
         lambda stop: quickstart.run(args.dir, args.listen, self_test=args.self_test, stop=stop)
     )
@@ -165,20 +226,47 @@ def _cmd_health(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from fluidity import status
+    from fluidity.config import Address, load_agent_config
+
+    if args.config is not None:
+        target = status.StatusTarget.of(load_agent_config(args.config))
+    else:
+        target = status.StatusTarget.at(Address.parse(args.address or "127.0.0.1:8080"))
+    options = status.WatchOptions(
+        as_json=args.json, watch=args.watch, interval=args.interval, count=args.count
+    )
+    return status.run(target, options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from fluidity import runtime
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    runtime.setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         code: int = args.func(args)
     except ConfigError as exc:
-        print(f"fluidity: config error: {exc}", file=sys.stderr)
+        _report(f"config error: {exc}")
         return 2
     except FluidityError as exc:
-        print(f"fluidity: error: {exc}", file=sys.stderr)
+        _report(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _report(message: str) -> None:
+    """A failure, as a plain ``fluidity: ...`` line or, with JSON logs, one JSON record."""
+    from fluidity import runtime
+
+    if runtime.json_logging():
+        log.error("%s", message)
+    else:
+        print(f"fluidity: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ transport reports to its protocol. Backpressure runs both ways:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -40,6 +41,7 @@ from fluidity.protocol.events import (
     StreamRejected,
     StreamRequested,
     StreamReset,
+    TunnelEvent,
 )
 from fluidity.protocol.tunnel import Side, TunnelProtocol
 
@@ -157,11 +159,11 @@ class TunnelConnection(asyncio.Protocol):
         try:
             events = self._core.receive_data(data)
         except TunnelClosed as exc:
+            log.warning("closing the connection to %s: %s", self.peer_name, exc)
             self._flush()
             self.close_now(str(exc))
             return
-        for event in events:
-            self._dispatch(event)
+        self._dispatch_all(events)
         self._flush()
 
     def eof_received(self) -> bool:
@@ -182,8 +184,7 @@ class TunnelConnection(asyncio.Protocol):
         self._core.pause_output()
 
     def resume_writing(self) -> None:
-        for event in self._core.resume_output():
-            self._dispatch(event)
+        self._dispatch_all(self._core.resume_output())
         self._flush()
 
     # -- public API ---------------------------------------------------------
@@ -285,6 +286,33 @@ class TunnelConnection(asyncio.Protocol):
         self._schedule_flush()
 
     # -- internals ----------------------------------------------------------
+
+    def _dispatch_all(self, events: list[TunnelEvent]) -> None:
+        for event in events:
+            try:
+                self._dispatch(event)
+            except Exception as exc:
+                # A stream's handler failed (say, its client socket died under it):
+                # that stream ends, the tunnel and its other streams live on.
+                stream_id = getattr(event, "stream_id", None)
+                if stream_id is None:
+                    raise
+                self._handler_failed(stream_id, exc)
+
+    def _handler_failed(self, stream_id: int, exc: Exception) -> None:
+        log.warning(
+            "stream %d to %s: its handler failed (%s: %s); resetting the stream",
+            stream_id,
+            self.peer_name,
+            type(exc).__name__,
+            exc,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        handler = self._streams.pop(stream_id, None)
+        self._reset(stream_id)
+        if handler is not None:
+            with contextlib.suppress(Exception):  # it failed once already: nothing more to do
+                handler.stream_reset(f"stream failed: {exc}")
 
     def _dispatch(self, event: object) -> None:
         match event:
@@ -412,9 +440,12 @@ def set_tcp_keepalive(transport: asyncio.BaseTransport, idle: int = 30) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
     except OSError:
-        pass  # not a TCP socket (tests over socketpair): nothing to tune
+        return  # not a TCP socket (tests over socketpair): nothing to tune
+    # windows: each probe option exists on some systems only (Windows 10 1709+ has
+    # all three, older Windows and some BSDs lack some): set each one that exists.
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)

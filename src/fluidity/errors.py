@@ -25,6 +25,7 @@ I/O boundary and nowhere else::
     │   ├── DialTimeout        the connect timed out (504)
     │   └── CircuitOpen        the target's circuit breaker is open (503)
     ├── ProxyProtocolError     a local client sent something we cannot proxy (has a status)
+    ├── StatusUnavailable      ``fluidity status`` got no status from the agent
     └── LifecycleError         the AWS control plane (wake/query/sleep/kill) failed
 """
 
@@ -52,11 +53,19 @@ class TunnelUnavailable(TunnelError):
 
 
 class HandshakeError(TunnelError):
-    """The TLS handshake failed, timed out, or was refused."""
+    """The TLS handshake failed, timed out, or was refused; ``reason`` is a short label
+    (``connect_failed``, ``timeout``, ``certificate_untrusted``...) for logs and metrics."""
+
+    def __init__(self, message: str, reason: str = "tls_error") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AuthenticationError(HandshakeError):
     """The server refused our client certificate."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "certificate_refused")
 
 
 class TLSInspectionDetected(HandshakeError):
@@ -71,7 +80,8 @@ class TLSInspectionDetected(HandshakeError):
             f"TLS inspection detected: the certificate for {server} was issued by {issuer}, "
             "not by your Fluidity CA; set transport: websocket (or auto) in agent.yaml to "
             "tunnel through it, and websocket.outer_ca to the proxy's CA if the system "
-            "does not already trust it"
+            "does not already trust it",
+            "tls_inspection",
         )
         self.server = server
         self.issuer = issuer
@@ -82,7 +92,7 @@ class WebSocketRefused(HandshakeError):
     ``status`` instead of 101."""
 
     def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
+        super().__init__(message, "websocket_refused")
         self.status = status
 
 
@@ -119,29 +129,36 @@ class StreamRefused(StreamError):
 
 
 class TargetError(FluidityError):
-    """The server could not reach a target; ``status`` is what the stream is answered."""
+    """The server could not reach a target; ``status`` is what the stream is answered,
+    ``kind`` the label metrics count it under."""
 
     status = 502
+    kind = "target_error"
 
 
 class PolicyRefused(TargetError):
     status = 403
+    kind = "policy_refused"
 
 
 class ResolveError(TargetError):
     status = 502
+    kind = "resolve_failed"
 
 
 class DialRefused(TargetError):
     status = 502
+    kind = "dial_refused"
 
 
 class DialTimeout(TargetError):
     status = 504
+    kind = "dial_timeout"
 
 
 class CircuitOpen(TargetError):
     status = 503
+    kind = "circuit_open"
 
 
 class ProxyProtocolError(FluidityError):
@@ -150,6 +167,11 @@ class ProxyProtocolError(FluidityError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class StatusUnavailable(FluidityError):
+    """``fluidity status`` could not read the agent's status: nothing listens there, it is
+    not a fluidity agent, or it wants credentials; the message says which and what to do."""
 
 
 class LifecycleError(FluidityError):

@@ -23,14 +23,13 @@ it gets its own listener (``websocket.listen``).
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 from fluidity.config import FileOrPem, ServerConfig
-from fluidity.errors import ConfigError
+from fluidity.errors import ConfigError, HandshakeError, TunnelError
 from fluidity.protocol.tunnel import Side
 from fluidity.protocol.wschannel import WebSocketChannel
 from fluidity.tls import (
@@ -42,9 +41,7 @@ from fluidity.tls import (
     server_context,
     websocket_context,
 )
-from fluidity.wslink import WebSocketLink
-
-log = logging.getLogger(__name__)
+from fluidity.wslink import WebSocketLink, deliver
 
 
 @dataclass(frozen=True)
@@ -84,37 +81,64 @@ def _own_names(public_cert: FileOrPem, private_cert: FileOrPem) -> frozenset[str
     return public
 
 
-def direct_problem(transport: asyncio.BaseTransport) -> str | None:
-    """Why a connection that chose ``h2`` may not use the direct transport, or None."""
+def direct_problem(transport: asyncio.BaseTransport) -> HandshakeError | None:
+    """Why a connection that chose ``h2`` may not use the direct transport, or None;
+    its ``reason`` is the label a failed handshake would have had."""
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
-        return "no TLS"
+        return HandshakeError("no TLS", "not_tls")
     if ssl_object.version() != "TLSv1.3":
-        return f"{ssl_object.version()} with h2: the direct transport requires TLS 1.3"
+        why = f"{ssl_object.version()} with h2: the direct transport requires TLS 1.3"
+        return HandshakeError(why, "protocol_version")
     if not ssl_object.getpeercert():
-        return "no client certificate: the direct transport requires one"
+        why = "no client certificate: the direct transport requires one"
+        return HandshakeError(why, "certificate_missing")
     return None
 
 
+# Told of a connection refused after its handshake: the peer, and why.
+RefusalCallback = Callable[[str, HandshakeError], None]
+
+
 class Handoff(asyncio.Protocol):
-    """The main listener's first protocol: hands each connection to the direct transport
-    (a tunnel connection) or the WebSocket transport (a link) by its ALPN."""
+    """The main listener's protocol once TLS is up: hands each connection to the direct
+    transport (a tunnel connection) or the WebSocket transport (a link) by its ALPN.
+
+    Whatever reaches the hand-off itself (bytes the TLS acceptor held back and
+    replays, an end of stream) goes on to the protocol it chose.
+    """
 
     def __init__(
         self,
         make_connection: Callable[[], asyncio.BaseProtocol],
         make_link: Callable[[], WebSocketLink] | None,
+        on_refused: RefusalCallback,
     ) -> None:
         self._make_connection = make_connection
         self._make_link = make_link
+        self._on_refused = on_refused
+        self._target: asyncio.BaseProtocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        target = self._choose(transport)
-        if target is None:
+        self._target = self._choose(transport)
+        if self._target is None:
             cast(asyncio.Transport, transport).abort()  # uvloop's are not subclasses
             return
-        transport.set_protocol(target)
-        target.connection_made(transport)
+        transport.set_protocol(self._target)
+        self._target.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._target is not None:
+            deliver(self._target, data)
+
+    def eof_received(self) -> bool:
+        target = self._target
+        if isinstance(target, asyncio.Protocol | asyncio.BufferedProtocol):
+            return bool(target.eof_received())
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # after the hand-off the transport reports to the target itself
 
     def _choose(self, transport: asyncio.BaseTransport) -> asyncio.BaseProtocol | None:
         if self._make_link is None:  # WebSocket transport off: the direct one, as always
@@ -124,13 +148,16 @@ class Handoff(asyncio.Protocol):
             return self._make_link()
         problem = direct_problem(transport)
         if problem is not None:
-            log.warning("refused a connection from %s: %s", _peer(transport), problem)
+            self._on_refused(_peer(transport), problem)
             return None
         return self._make_connection()
 
 
 def make_link(
-    config: ServerConfig, inner: ssl.SSLContext, factory: Callable[[], asyncio.BaseProtocol]
+    config: ServerConfig,
+    inner: ssl.SSLContext,
+    factory: Callable[[], asyncio.BaseProtocol],
+    on_failure: Callable[[str, TunnelError], None] | None = None,
 ) -> WebSocketLink:
     """A server-side WebSocket link whose tunnel protocol comes from ``factory``."""
     return WebSocketLink(
@@ -139,9 +166,12 @@ def make_link(
         inner,
         factory,
         handshake_timeout=config.limits.handshake_timeout,
+        on_failure=on_failure,
     )
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
-    return f"{peer[0]}:{peer[1]}" if peer else "unknown peer"
+    if not peer:
+        return "unknown peer"
+    return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"

@@ -25,6 +25,7 @@ import ssl
 from typing import Any
 
 from fluidity.errors import HandshakeError, TunnelClosed
+from fluidity.tls import handshake_failure_reason
 
 # One TLS record holds at most 16 KiB, and ``SSLObject.read`` returns at most one: a
 # larger request only makes each call allocate (and, past malloc's mmap threshold,
@@ -109,10 +110,14 @@ class MemoryTLS:
             return
         except ssl.SSLCertVerificationError as exc:
             raise HandshakeError(
-                f"cannot verify the certificate of {self._peer}: {exc.verify_message}"
+                f"cannot verify the certificate of {self._peer}: {exc.verify_message}",
+                handshake_failure_reason(exc),
             ) from exc
         except ssl.SSLError as exc:
-            raise HandshakeError(f"TLS handshake with {self._peer} failed: {_why(exc)}") from exc
+            raise HandshakeError(
+                f"TLS handshake with {self._peer} failed: {_why(exc)}",
+                handshake_failure_reason(exc),
+            ) from exc
         self.handshake_complete = True
         pending, self._pending = self._pending, []
         for data in pending:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 
+from fluidity import progress
 from fluidity.agent import Agent
-from fluidity.certs import ensure_quickstart_pki
+from fluidity.certs import QuickstartPKI, ensure_quickstart_pki
 from fluidity.config import (
     Address,
     AgentConfig,
@@ -37,7 +39,7 @@ SELF_TEST_MARKER = b"Hello from the Fluidity self-test origin"
 
 def configs(state_dir: Path, listen: Address) -> tuple[ServerConfig, AgentConfig]:
     """Server and agent configs for one machine, from the state directory's certificates."""
-    pki = ensure_quickstart_pki(state_dir)
+    pki = _certificates(state_dir)
     server = ServerConfig(
         listen=Address("127.0.0.1", 0),
         tls=ServerTLS(
@@ -60,6 +62,18 @@ def configs(state_dir: Path, listen: Address) -> tuple[ServerConfig, AgentConfig
         drain_timeout=2.0,
     )
     return server, agent
+
+
+def _certificates(state_dir: Path) -> QuickstartPKI:
+    """The quickstart PKI, saying so while it is being made (reuse is silent)."""
+    fresh = not (state_dir / "ca.key").exists()
+    if fresh:
+        progress.report(f"creating a private CA and certificates in {state_dir}…")
+    started = time.monotonic()
+    pki = ensure_quickstart_pki(state_dir)
+    if fresh:
+        progress.report(f"certificates ready after {time.monotonic() - started:.2f} s")
+    return pki
 
 
 async def run(state_dir: Path, listen: str, *, self_test: bool, stop: asyncio.Event) -> int:

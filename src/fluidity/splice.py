@@ -12,6 +12,7 @@ socket aborts the other side, so a truncation is never disguised as an end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import cast
 
@@ -95,8 +96,11 @@ class Splice(asyncio.Protocol):
 
     def stream_ended(self) -> None:
         self._stream_eof = True
-        if self.transport is not None and not self._closed and self.transport.can_write_eof():
-            self.transport.write_eof()
+        transport = self.transport
+        writable = transport is not None and not self._closed and not transport.is_closing()
+        if writable and transport is not None and transport.can_write_eof():
+            with contextlib.suppress(OSError):  # the target is gone: connection_lost says so
+                transport.write_eof()
         self._maybe_close()
 
     def stream_reset(self, reason: str) -> None:

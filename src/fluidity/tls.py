@@ -218,3 +218,41 @@ def _as_file(source: Source) -> Iterator[str]:
         with os.fdopen(fd, "wb") as handle:
             handle.write(source.read_bytes())
         yield target
+
+
+# OpenSSL's X509_V_ERR_* codes for the verification failures worth telling apart.
+_VERIFY_REASONS = {10: "certificate_expired", 23: "certificate_revoked"}
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """A short, stable label for why a TLS handshake failed (logs and metrics).
+
+    ``certificate_*`` name the *peer's* certificate: missing, untrusted (not
+    issued by our CA), expired or revoked. ``not_tls`` is a peer that spoke
+    something else (plain HTTP, a port scanner); ``protocol_version`` one that
+    offered no TLS 1.3; ``peer_alert`` a peer that refused us with an alert
+    (it does not trust our certificate); ``timeout`` and ``connection_lost``
+    a handshake that never finished.
+    """
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(exc.verify_code, "certificate_untrusted")
+    if isinstance(exc, ssl.SSLError):
+        return _ssl_reason(str(exc.reason or exc))
+    return "connection_lost"
+
+
+def _ssl_reason(reason: str) -> str:
+    reason = reason.upper()
+    if "CERTIFICATE_REQUIRED" in reason or "DID_NOT_RETURN_A_CERTIFICATE" in reason:
+        return "certificate_missing"
+    if "HTTP_REQUEST" in reason or "WRONG_VERSION_NUMBER" in reason or "RECORD" in reason:
+        return "not_tls"
+    if "VERSION" in reason or "UNSUPPORTED_PROTOCOL" in reason:
+        return "protocol_version"
+    if "ALERT" in reason:
+        return "peer_alert"
+    if "APPLICATION_PROTOCOL" in reason:
+        return "no_alpn"
+    return "tls_error"

@@ -73,6 +73,7 @@ class WebSocketLink(asyncio.BufferedProtocol):
         ping_interval: float = 0.0,
         ping_timeout: float = 10.0,
         handshake_timeout: float | None = None,
+        on_failure: Callable[[str, TunnelError], None] | None = None,
     ) -> None:
         self.side = side
         self.peer = peer
@@ -82,6 +83,7 @@ class WebSocketLink(asyncio.BufferedProtocol):
         self._server_hostname = server_hostname
         self._ping = (ping_interval, ping_timeout)
         self._handshake_timeout = handshake_timeout
+        self._on_failure = on_failure
         self._loop = asyncio.get_running_loop()
         self._outer: asyncio.Transport | None = None
         self._tls: MemoryTLS | None = None
@@ -289,10 +291,8 @@ class WebSocketLink(asyncio.BufferedProtocol):
         """Send what is queued (an alert, a refusal, a close), then close the connection."""
         if self._failure is None:
             self._failure = exc
-            if self.side is Side.SERVER:
-                level = logging.INFO if isinstance(exc, WebSocketRefused) else logging.WARNING
-                if self._protocol is None:
-                    log.log(level, "websocket transport from %s: %s", self.peer, exc)
+            if self.side is Side.SERVER and self._protocol is None:
+                self._report(exc)
         if not self.opened.done():
             self.opened.set_exception(exc)
         self._flush()  # a TLS alert goes out before the WebSocket closes
@@ -301,9 +301,17 @@ class WebSocketLink(asyncio.BufferedProtocol):
         if self._outer is not None:
             self._outer.close()
 
+    def _report(self, exc: TunnelError) -> None:
+        """Server side, before a tunnel exists: a refused upgrade is logged, a failed
+        inner handshake goes to ``on_failure`` (logged and counted by the server)."""
+        if isinstance(exc, WebSocketRefused) or self._on_failure is None:
+            log.info("websocket transport from %s: %s", self.peer, exc)
+        else:
+            self._on_failure(self.peer, exc)
+
     def _on_handshake_timeout(self) -> None:
         self._timers.pop("handshake", None)
-        self._fail(HandshakeError(f"no tunnel handshake from {self.peer} in time"))
+        self._fail(HandshakeError(f"no tunnel handshake from {self.peer} in time", "timeout"))
         self.abort()
 
     def _schedule_ping(self) -> None:

@@ -145,3 +145,24 @@ def test_an_agent_config_without_lifecycle_is_a_usage_error(
     monkeypatch.setitem(sys.modules, "fluidity.config", fake_config_module(None))
     assert run("status", "--config", "agent.yaml") == 2
     assert "no lifecycle: section" in capsys.readouterr().err
+
+
+def test_wake_progress_follows_the_log_format(aws_credentials: None) -> None:
+    """``fluidity --log-format json cloud wake``: progress lines are JSON records too."""
+    import json
+    import os
+    import subprocess
+
+    fake = FakeControlPlane({"/wake": [STARTING], "/query": [READY]})
+    with fake.running():  # one real 1 s backoff step between wake and query
+        result = subprocess.run(
+            [sys.executable, "-m", "fluidity.cli", "--log-format", "json", "cloud", "wake",
+             *url_flags(fake)],
+            capture_output=True, text=True, timeout=60, env=dict(os.environ),
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{ADDRESS}\n"
+    messages = [json.loads(line)["message"] for line in result.stderr.splitlines()]
+    assert messages[0].startswith("waking server… starting")
+    assert messages[-1].startswith(f"ready at {ADDRESS}")

@@ -18,13 +18,16 @@ import time
 import urllib.parse
 from typing import Any, cast
 
+from fluidity import __version__
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.direct import DirectStream
-from fluidity.agent.keeper import TunnelKeeper
+from fluidity.agent.keeper import TunnelKeeper, TunnelState
 from fluidity.agent.routes import WebSocketSettings
 from fluidity.config import AgentConfig
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
+from fluidity.metrics import Metrics, Snapshot
+from fluidity.metricsserver import MetricsServer
 from fluidity.pac import mask_url
 from fluidity.path import open_path
 from fluidity.protocol.dispatch import FirstByteSession, SocksRelay
@@ -48,6 +51,11 @@ class Agent:
         self.routing = config.routing
         if config.upstream_proxy is not None:
             config.upstream_proxy.credentials()  # a missing password_env stops the start
+        self.metrics = Metrics("agent")
+        self.metrics.watch(self._snapshot)
+        self.metrics_server = (
+            MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
+        )
         context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
         websocket = None
         if config.transport != "direct":
@@ -68,6 +76,7 @@ class Agent:
             connect_wait=config.connect_wait,
             backoff=Backoff(config.reconnect.initial, config.reconnect.max),
             connector=functools.partial(open_path, config.upstream_proxy),
+            metrics=self.metrics,
             ca_pem=config.tls.ca.read_bytes(),
             transport=config.transport,
             websocket=websocket,
@@ -83,32 +92,41 @@ class Agent:
 
         With a ``lifecycle:`` section the cloud server is woken first, and the
         tunnel goes to the address the control plane reports once it is ready.
+        Raises ``ConfigError`` if the proxy or metrics address cannot be bound.
         """
         loop = asyncio.get_running_loop()
         if self.config.lifecycle is not None:
             control = ControlPlaneClient(self.config.lifecycle)
             self.keeper.host = await control.wait_until_ready(progress=log.info)
-        self._keeper_task = loop.create_task(self.keeper.run(), name="tunnel-keeper")
         listen = self.config.listen
         try:
+            # The default reuse_address is right on each platform: SO_REUSEADDR on
+            # POSIX; never on Windows, where it would let another program take the port.
             self._listener = await loop.create_server(
-                self._make_client, listen.host, listen.port, reuse_address=True, backlog=1024
+                self._make_client, listen.host, listen.port, backlog=1024
             )
         except OSError as exc:
-            self._keeper_task.cancel()
             raise ConfigError(
                 f"listen: cannot listen on {listen}: {exc.strerror or exc}; "
                 "choose another address with --listen or listen: in agent.yaml"
             ) from exc
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except ConfigError:
+                self._listener.close()
+                raise
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         log.info(
-            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s (transport: %s)%s",
+            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s (transport: %s)%s (event loop: %s)",
             *self.address,
             self.keeper.address,
             self.config.transport,
             _describe_routes(self.config),
+            loop_name(loop),
         )
+        self._keeper_task = loop.create_task(self.keeper.run(), name="tunnel-keeper")
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain."""
@@ -141,6 +159,8 @@ class Agent:
         await self._kill_cloud_server()
         if self._listener is not None:
             await self._listener.wait_closed()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
 
     async def _kill_cloud_server(self) -> None:
         lifecycle = self.config.lifecycle
@@ -157,31 +177,54 @@ class Agent:
         self.clients.discard(client)
 
     def status(self) -> dict[str, Any]:
-        """What ``fluidity status`` prints."""
+        """What ``fluidity status`` prints (docs/observability.md describes each key).
+
+        Bytes are stream payload since the agent started, over every connection.
+        """
         keeper = self.keeper
-        conn = keeper.connection
-        kinds: dict[str, int] = {}
-        for client in self.clients:
-            if client.stream is not None:
-                kinds[client.kind] = kinds.get(client.kind, 0) + 1
+        now = time.time()
         return {
+            "version": __version__,
             "state": keeper.state.value,
             "server": keeper.address,
             "transport": keeper.transport,
-            "uptime": round(time.time() - self.started, 1),
-            "connected_for": round(time.time() - keeper.connected_since, 1)
+            "listen": f"{self.address[0]}:{self.address[1]}" if self.address else None,
+            "uptime": round(now - self.started, 1),
+            "connected_for": round(now - keeper.connected_since, 1)
             if keeper.connected_since
             else None,
             "reconnects": keeper.reconnects,
             "client_connections": len(self.clients),
-            "streams": kinds,
-            "bytes_out": conn.bytes_out if conn else 0,
-            "bytes_in": conn.bytes_in if conn else 0,
+            "streams": self._streams_by_kind(),
+            "bytes_in": keeper.bytes_in,
+            "bytes_out": keeper.bytes_out,
             "last_error": keeper.last_error or None,
             "upstream_proxy": mask_url(proxy.url)
             if (proxy := self.config.upstream_proxy)
             else None,
+            "event_loop": loop_name(asyncio.get_running_loop()),
+            "metrics": _metrics_url(self.metrics_server),
         }
+
+    def _streams_by_kind(self) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        for client in self.clients:
+            if client.stream is not None:
+                kinds[client.kind] = kinds.get(client.kind, 0) + 1
+        return kinds
+
+    def _snapshot(self) -> Snapshot:
+        """Live state for a metrics scrape."""
+        conn = self.keeper.connection
+        return Snapshot(
+            tunnel_connections=1 if conn is not None and conn.is_usable else 0,
+            streams_active=self._streams_by_kind(),
+            bytes_received=self.keeper.bytes_in,
+            bytes_sent=self.keeper.bytes_out,
+            tunnel_state=self.keeper.state.value,
+            tunnel_states=tuple(state.value for state in TunnelState),
+            client_connections=len(self.clients),
+        )
 
     async def open_direct(self, host: str, port: int) -> DirectStream:
         """A connection to a ``direct:`` host, through the corporate proxy if one is set;
@@ -261,6 +304,18 @@ def _host_header_name(request: LocalRequest) -> str | None:
             if host and all(c.isalnum() or c in ".-:" for c in host):
                 return host
     return None
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop``, or ``asyncio`` with the loop class (``SelectorEventLoop``...)."""
+    module = type(loop).__module__.split(".")[0]
+    return "uvloop" if module == "uvloop" else f"asyncio ({type(loop).__name__})"
+
+
+def _metrics_url(server: MetricsServer | None) -> str | None:
+    if server is None or server.address is None:
+        return None
+    return f"http://{server.address[0]}:{server.address[1]}/metrics"
 
 
 def _credentials(config: AgentConfig) -> tuple[str, str] | None:

@@ -15,6 +15,7 @@ session never buffers more than one read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -27,6 +28,7 @@ from fluidity.errors import (
     TunnelError,
     TunnelUnavailable,
 )
+from fluidity.metrics import target_error_kind
 from fluidity.protocol.dispatch import DriverSession
 from fluidity.protocol.proxy import (
     CloseClient,
@@ -169,24 +171,27 @@ class ClientConnection(asyncio.Protocol):
                         self.stream = None
                     self._retried = False
                 case EndClient():
-                    if self.transport is not None and self.transport.can_write_eof():
-                        self.transport.write_eof()
+                    self._end_client()
                 case CloseClient(abort):
                     self._close_client(abort)
         self._update_reading()
 
     async def _open(self, host: str, port: int) -> None:
+        started = asyncio.get_running_loop().time()
         try:
             stream = await self._connect(host, port)
         except StreamRefused as exc:
-            self.session.upstream_failed(exc.status, exc.reason)
-        except (TunnelUnavailable, PathError) as exc:
-            status = exc.status if isinstance(exc, PathError) else 503
-            self.session.upstream_failed(status, str(exc))
+            self._failed(exc.status, exc.reason, target_error_kind(exc.status), started)
+        except TunnelUnavailable as exc:
+            self._failed(503, str(exc), "no_tunnel", started)
+        except PathError as exc:
+            self._failed(exc.status, str(exc), "direct_path", started)
         except (StreamError, TunnelError) as exc:
-            self.session.upstream_failed(502, str(exc))
+            self._failed(502, str(exc), "tunnel_error", started)
         else:
             self.stream = stream
+            elapsed = asyncio.get_running_loop().time() - started
+            self.agent.metrics.stream_opened(self.kind, elapsed)
             self.session.upstream_opened()
         finally:
             self._opening = None
@@ -201,6 +206,21 @@ class ClientConnection(asyncio.Protocol):
             return await self.agent.open_direct(host, port)
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return await self.agent.keeper.open_stream(authority, self)
+
+    def _failed(self, status: int, reason: str, kind: str, started: float) -> None:
+        elapsed = asyncio.get_running_loop().time() - started
+        self.agent.metrics.stream_refused(kind, status, elapsed)
+        self.session.upstream_failed(status, reason)
+
+    def _end_client(self) -> None:
+        """Half-close towards the client; a client already gone is no error here
+        (``connection_lost`` tells the rest)."""
+        transport = self.transport
+        if transport is None or self._closed or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            with contextlib.suppress(OSError):
+                transport.write_eof()
 
     def _close_client(self, abort: bool) -> None:
         if self.transport is None or self._closed:

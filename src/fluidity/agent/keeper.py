@@ -48,12 +48,15 @@ from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
 from fluidity.errors import (
     AuthenticationError,
     HandshakeError,
+    PathError,
     StreamError,
     TLSInspectionDetected,
     TunnelClosed,
     TunnelError,
     TunnelUnavailable,
+    UpstreamProxyError,
 )
+from fluidity.metrics import Metrics
 from fluidity.path import open_path
 from fluidity.protocol.retry import Backoff
 from fluidity.protocol.tunnel import Side
@@ -85,6 +88,7 @@ class TunnelKeeper:
         connect_wait: float = 10.0,
         backoff: Backoff | None = None,
         connector: Connector | None = None,
+        metrics: Metrics | None = None,
         ca_pem: bytes = b"",
         transport: TransportKind = "direct",
         websocket: WebSocketSettings | None = None,
@@ -114,6 +118,23 @@ class TunnelKeeper:
         self.last_error = ""
         self.reconnects = 0
         self.connected_since: float | None = None
+        self.metrics = metrics or Metrics("agent")
+        # Payload bytes of the connections that are gone, so totals survive reconnects.
+        self.closed_bytes_in = 0
+        self.closed_bytes_out = 0
+        self._started: float | None = None  # loop time of run(); None once the tunnel was up
+
+    @property
+    def bytes_in(self) -> int:
+        """Stream payload bytes received over every connection since the keeper started."""
+        conn = self._conn
+        return self.closed_bytes_in + (conn.bytes_in if conn is not None else 0)
+
+    @property
+    def bytes_out(self) -> int:
+        """Stream payload bytes sent over every connection since the keeper started."""
+        conn = self._conn
+        return self.closed_bytes_out + (conn.bytes_out if conn is not None else 0)
 
     @property
     def address(self) -> str:
@@ -125,9 +146,11 @@ class TunnelKeeper:
 
     async def run(self) -> None:
         """Connect, and reconnect after every loss, until cancelled."""
+        self._started = asyncio.get_running_loop().time()
+        log.info("waiting for the tunnel to server %s…", self.address)
         try:
             while True:
-                await self._connect_once()
+                await self.connect_once()
                 delay = self._backoff.next_delay()
                 log.warning(
                     "tunnel to %s: %s; reconnecting in %.1f s (attempt %d)",
@@ -138,6 +161,7 @@ class TunnelKeeper:
                 )
                 await asyncio.sleep(delay)
                 self.reconnects += 1
+                self.metrics.reconnecting()
         finally:
             self.state = TunnelState.STOPPED
             self._up.clear()
@@ -190,7 +214,12 @@ class TunnelKeeper:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise TunnelUnavailable(f"tunnel to {self.address} unavailable: {exc}") from exc
 
-    async def _connect_once(self) -> None:
+    async def connect_once(self) -> None:
+        """One attempt: connect, then carry the connection until it is lost.
+
+        Returns when the attempt failed (``last_error`` says why, and the failure
+        is counted by reason) or the connection ended; ``run`` calls it in a loop.
+        """
         self.state = TunnelState.CONNECTING
         conn = await self._attempt()
         if conn is None and self._switch_after_inspection():
@@ -202,10 +231,14 @@ class TunnelKeeper:
         self.connected_since = time.time()
         self.last_error = ""
         self._backoff.reset()
+        self.metrics.connection_made()
         self._up.set()
-        log.info("tunnel up: connected to %s (%s transport)", self.address, self.transport)
+        self._report_up()
         reason = await asyncio.shield(conn.closed)
         self._up.clear()
+        self.closed_bytes_in += conn.bytes_in
+        self.closed_bytes_out += conn.bytes_out
+        self._conn = None
         self.connected_since = None
         self.last_error = f"connection lost ({reason})"
 
@@ -218,6 +251,7 @@ class TunnelKeeper:
             self.last_error = str(exc)
             self._last_failure = exc
             self._failed.set()
+            self.metrics.handshake_failed(_failure_reason(exc))
             if isinstance(exc, AuthenticationError):
                 self.state = TunnelState.AUTH_FAILED
                 log.error("%s", exc)
@@ -252,6 +286,16 @@ class TunnelKeeper:
             self.host, self.port, self.server_name, self._context, self._ca_pem, self._connector
         )
 
+    def _report_up(self) -> None:
+        """'tunnel up after 0.4 s' the first time, for the person waiting at start."""
+        via = f"{self.transport} transport"
+        if self._started is None:
+            log.info("tunnel up: connected to %s (%s)", self.address, via)
+            return
+        waited = asyncio.get_running_loop().time() - self._started
+        self._started = None
+        log.info("tunnel up after %.1f s: connected to %s (%s)", waited, self.address, via)
+
     async def _establish(self) -> TunnelConnection:
         interval, timeout = self._keepalive
         route = self._route()
@@ -271,7 +315,8 @@ class TunnelKeeper:
         except TimeoutError as exc:
             raise HandshakeError(
                 f"connecting to {self.address} ({route.name} transport) timed out after "
-                f"{budget:g} s"
+                f"{budget:g} s",
+                "timeout",
             ) from exc
         try:
             return await self._await_first_word(conn)
@@ -292,5 +337,18 @@ class TunnelKeeper:
             ) from exc
         except TimeoutError as exc:
             conn.close_now("no HTTP/2 preface")
-            raise HandshakeError(f"server {self.address} did not speak HTTP/2 in time") from exc
+            raise HandshakeError(
+                f"server {self.address} did not speak HTTP/2 in time", "no_http2"
+            ) from exc
         return conn
+
+
+def _failure_reason(exc: TunnelError) -> str:
+    """The metrics label of a failed connection attempt."""
+    if isinstance(exc, HandshakeError):
+        return exc.reason
+    if isinstance(exc, UpstreamProxyError):
+        return "upstream_proxy"
+    if isinstance(exc, PathError):
+        return "timeout" if exc.status == 504 else "connect_failed"
+    return "tls_error"

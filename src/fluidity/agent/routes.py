@@ -31,6 +31,7 @@ from fluidity.errors import HandshakeError, PathError, TLSInspectionDetected, We
 from fluidity.path import Streams, attach, attach_tls
 from fluidity.protocol.tunnel import Side
 from fluidity.protocol.wschannel import WebSocketChannel
+from fluidity.tls import handshake_failure_reason
 from fluidity.wslink import WebSocketLink
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,15 @@ class DirectRoute:
                 raise TLSInspectionDetected(self.server_name, issuer) from exc
             raise HandshakeError(
                 f"cannot verify the server certificate of {address} "
-                f"(as {self.server_name}): {exc.verify_message}"
+                f"(as {self.server_name}): {exc.verify_message}",
+                handshake_failure_reason(exc),
             ) from exc
-        except (ssl.SSLError, OSError) as exc:
-            raise HandshakeError(f"cannot connect to {address}: {exc}") from exc
+        except ssl.SSLError as exc:
+            raise HandshakeError(
+                f"TLS with {address} failed: {exc}", handshake_failure_reason(exc)
+            ) from exc
+        except OSError as exc:
+            raise HandshakeError(f"cannot connect to {address}: {exc}", "connect_failed") from exc
         return conn
 
     async def _foreign_issuer(self, budget: float) -> str | None:
@@ -149,7 +155,8 @@ class WebSocketRoute:
         except TimeoutError as exc:
             link.abort()
             raise HandshakeError(
-                f"no WebSocket upgrade and tunnel handshake from {end} within {budget:g} s"
+                f"no WebSocket upgrade and tunnel handshake from {end} within {budget:g} s",
+                "timeout",
             ) from exc
         except BaseException:
             link.abort()
@@ -182,10 +189,15 @@ class WebSocketRoute:
             raise HandshakeError(
                 f"cannot verify the certificate presented for {end.name} on the WebSocket "
                 f"transport's outer TLS layer (issued by {issuer}): {exc.verify_message}; "
-                "if a TLS-inspecting proxy presents it, trust its CA with websocket.outer_ca"
+                "if a TLS-inspecting proxy presents it, trust its CA with websocket.outer_ca",
+                "outer_" + handshake_failure_reason(exc),
             ) from exc
-        except (ssl.SSLError, OSError) as exc:
-            raise HandshakeError(f"cannot connect to {end}: {exc}") from exc
+        except ssl.SSLError as exc:
+            raise HandshakeError(
+                f"outer TLS with {end} failed: {exc}", "outer_" + handshake_failure_reason(exc)
+            ) from exc
+        except OSError as exc:
+            raise HandshakeError(f"cannot connect to {end}: {exc}", "connect_failed") from exc
 
 
 async def presented_certificate(

@@ -17,11 +17,11 @@ import argparse
 import asyncio
 import dataclasses
 import importlib
-import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from fluidity import progress
 from fluidity.errors import ConfigError, FluidityError
 from fluidity.lifecycle.client import ControlPlaneClient, LifecycleConfig, UrllibTransport
 
@@ -63,7 +63,7 @@ def run_wake(args: argparse.Namespace) -> int:
         if args.no_wait:
             print((await client.wake()).status.value)
             return
-        print(await client.wait_until_ready(lambda line: print(line, file=sys.stderr)))
+        print(await client.wait_until_ready(progress.report))
 
     return _run(args, main)
 
@@ -93,10 +93,10 @@ def _run(
         )
         asyncio.run(main(client))
     except ConfigError as exc:
-        print(f"fluidity cloud: {exc}", file=sys.stderr)
+        progress.report(f"fluidity cloud: {exc}", error=True)
         return 2
     except FluidityError as exc:
-        print(f"fluidity cloud: {exc}", file=sys.stderr)
+        progress.report(f"fluidity cloud: {exc}", error=True)
         return 1
     return 0
 
