@@ -21,7 +21,14 @@ import pytest
 from fluidity import cli
 from fluidity.agent import Agent
 from fluidity.agent.keeper import TunnelState
-from fluidity.config import AgentConfig, AgentTLS, ClientsConfig, FileOrPem, ServerTLS
+from fluidity.config import (
+    AgentConfig,
+    AgentTLS,
+    ClientsConfig,
+    FileOrPem,
+    ServerTLS,
+    ServerWebSocket,
+)
 from fluidity.errors import TunnelUnavailable
 from fluidity.server import Server
 from fluidity.tls import agent_context, server_context
@@ -132,16 +139,32 @@ async def test_a_revoked_certificate_is_refused_and_the_others_still_get_in(
     assert "certificate revoked" in line.getMessage()
 
 
-async def test_a_tls_1_2_client_is_refused(
+async def test_a_tls_1_2_client_is_refused_at_the_handshake_on_a_direct_only_port(
     spki: SecurityPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fluidity")
     context = client_context(spki.ca, spki.cert("alice"), spki.key("alice"), tls12_only=True)
-    async with running(spki) as server:
+    async with running(spki, websocket=ServerWebSocket(enabled=False)) as server:
         seen = await probe(port(server), context)
     assert not seen.accepted and not seen.handshake_done
     (line,) = handshake_lines(caplog)
     assert "does not speak TLS 1.3" in line.getMessage()
+
+
+async def test_a_tls_1_2_client_asking_for_h2_gets_no_tunnel_where_websockets_are_accepted(
+    spki: SecurityPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The WebSocket transport's outer layer may be TLS 1.2 (an inspecting proxy's), so
+    # the handshake completes; the direct transport (h2) is refused right after it and
+    # counted and logged as the failed handshake it is.
+    caplog.set_level(logging.INFO, logger="fluidity")
+    context = client_context(spki.ca, spki.cert("alice"), spki.key("alice"), tls12_only=True)
+    async with running(spki) as server:
+        seen = await probe(port(server), context)
+    assert not seen.accepted, seen.detail
+    assert server.acceptor.handshakes_failed == 1 and server.acceptor.handshakes_ok == 0
+    (line,) = handshake_lines(caplog)
+    assert "TLSv1.2 with h2: the direct transport requires TLS 1.3" in line.getMessage()
 
 
 async def test_no_session_ticket_is_issued_so_no_handshake_skips_verification(
