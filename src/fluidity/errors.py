@@ -74,15 +74,19 @@ class TLSInspectionDetected(HandshakeError):
     """The network answered the server's TLS handshake with a certificate our CA did not
     issue: a TLS-inspecting proxy (Zscaler, Blue Coat, Palo Alto...) is in the way.
 
-    ``server`` is the name we asked for and ``issuer`` the issuer of what came back.
+    ``server`` is the name we asked for and ``issuer`` the issuer of what came back;
+    ``verify_message`` is OpenSSL's verdict on it, if known (a wrong ``tls.ca`` looks
+    the same from the agent, and the verdict helps tell the two apart).
     """
 
-    def __init__(self, server: str, issuer: str) -> None:
+    def __init__(self, server: str, issuer: str, verify_message: str = "") -> None:
+        verdict = f" ({verify_message})" if verify_message else ""
         super().__init__(
             f"TLS inspection detected: the certificate for {server} was issued by {issuer}, "
-            "not by your Fluidity CA; set transport: websocket (or auto) in agent.yaml to "
-            "tunnel through it, and websocket.outer_ca to the proxy's CA if the system "
-            "does not already trust it",
+            f"not by your Fluidity CA{verdict}; set transport: websocket (or auto) in "
+            "agent.yaml to tunnel through it, and websocket.outer_ca to the proxy's CA if "
+            "the system does not already trust it (or, if no proxy inspects TLS here, check "
+            "that tls.ca is the CA that issued the server's certificate)",
             "tls_inspection",
         )
         self.server = server

@@ -82,7 +82,7 @@ class DirectRoute:
         except ssl.SSLCertVerificationError as exc:
             issuer = await self._foreign_issuer(clock.left())
             if issuer is not None:
-                raise TLSInspectionDetected(self.server_name, issuer) from exc
+                raise TLSInspectionDetected(self.server_name, issuer, exc.verify_message) from exc
             raise HandshakeError(
                 f"cannot verify the server certificate of {address} "
                 f"(as {self.server_name}): {exc.verify_message}",
