@@ -24,6 +24,7 @@ from fluidity.agent.keeper import TunnelState
 from fluidity.config import (
     AgentConfig,
     AgentTLS,
+    AgentWebSocket,
     ClientsConfig,
     FileOrPem,
     ServerTLS,
@@ -36,6 +37,7 @@ from harness import Process, make_agent_config, make_server_config, server_yaml,
 from secpki import SecurityPKI, client_context, make_security_pki, probe
 
 WAIT = 10.0
+FAILURES = "fluidity_handshake_failures_total"
 
 
 @pytest.fixture(scope="module")
@@ -298,6 +300,24 @@ async def test_clients_allow_admits_matching_names_and_refuses_the_rest(
     assert len(refusals) >= 2  # the probe, then each try of the agent
     assert "CN=bob" in refusals[0] and "matches no clients.allow entry" in refusals[0]
     assert bob_agent is TunnelState.AUTH_FAILED and "authentication failed" in error
+
+
+async def test_clients_allow_applies_to_the_websocket_transport_too(
+    spki: SecurityPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The identity is checked on the tunnel connection, after the inner mTLS handshake.
+    caplog.set_level(logging.INFO, logger="fluidity")
+    websocket: dict[str, object] = {"transport": "websocket", "websocket": AgentWebSocket()}
+    async with running(spki, clients=ClientsConfig(allow=("ali*",))) as server:
+        alice, _ = await agent_outcome(agent_config(spki, server, "alice", **websocket))
+        bob, error = await agent_outcome(agent_config(spki, server, "bob", **websocket))
+        tunnels = server.metrics.value("fluidity_tunnel_connections_total")
+        not_allowed = server.metrics.value(FAILURES, {"reason": "certificate_not_allowed"})
+    assert alice is TunnelState.CONNECTED
+    assert bob is not TunnelState.CONNECTED, error
+    assert tunnels == 1 and not_allowed >= 1
+    refusals = [r.getMessage() for r in caplog.records if "refusing agent" in r.getMessage()]
+    assert refusals and "CN=bob" in refusals[0] and "matches no clients.allow entry" in refusals[0]
 
 
 async def test_clients_allow_matches_dns_names_without_regard_to_case(spki: SecurityPKI) -> None:
