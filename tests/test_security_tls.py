@@ -35,6 +35,7 @@ from fluidity.server import Server
 from fluidity.tls import agent_context, server_context
 from harness import Process, make_agent_config, make_server_config, server_yaml, start_process
 from secpki import SecurityPKI, client_context, make_security_pki, probe
+from transfers import wait_for
 
 WAIT = 10.0
 FAILURES = "fluidity_handshake_failures_total"
@@ -200,6 +201,11 @@ async def agent_outcome(config: AgentConfig) -> tuple[TunnelState, str]:
     try:
         with contextlib.suppress(TunnelUnavailable):
             await agent.keeper.wait_ready(within=3.0)
+        # A first attempt may still be under way on a busy machine: wait for its outcome.
+        keeper = agent.keeper
+        await wait_for(
+            lambda: keeper.state is TunnelState.CONNECTED or bool(keeper.last_error), within=10
+        )
         return agent.keeper.state, agent.keeper.last_error
     finally:
         await agent.shutdown(drain_timeout=0.5)

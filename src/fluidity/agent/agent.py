@@ -24,6 +24,7 @@ from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
 from fluidity.agent.routes import WebSocketSettings
 from fluidity.config import AgentConfig
+from fluidity.connection import StreamHandler
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
 from fluidity.metrics import Metrics, Snapshot
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 STATUS_PATH = "/fluidity/status"
 PAC_PATH = "/proxy.pac"
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
+CLOSE_GRACE = 2.0  # seconds the server has to answer the tunnel's TLS close on shutdown
 
 
 class Agent:
@@ -161,6 +163,7 @@ class Agent:
         if self._keeper_task is not None:
             self._keeper_task.cancel()
             await asyncio.gather(self._keeper_task, return_exceptions=True)
+        await self._tunnel_closed()
         await self._kill_cloud_server()
         if self._listener is not None:
             await self._listener.wait_closed()
@@ -177,6 +180,23 @@ class Agent:
             else:
                 client.close_idle()
         return busy
+
+    async def _tunnel_closed(self) -> None:
+        """Let the tunnel's TLS close finish (close_notify both ways), briefly.
+
+        The keeper starts the close when it stops; through a corporate proxy the
+        server's answer takes a few hops, and returning before it would leave the
+        socket open behind a stopped agent. A server that does not answer in
+        ``CLOSE_GRACE`` seconds gets the connection dropped.
+        """
+        conn = self.keeper.connection
+        if conn is None or conn.closed.done():
+            return
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await asyncio.shield(conn.closed)
+        except TimeoutError:
+            conn.close_now("agent stopping: the server did not finish closing the connection")
 
     async def _kill_cloud_server(self) -> None:
         lifecycle = self.config.lifecycle
@@ -242,11 +262,12 @@ class Agent:
             client_connections=len(self.clients),
         )
 
-    async def open_direct(self, host: str, port: int) -> DirectStream:
-        """A connection to a ``direct:`` host, through the corporate proxy if one is set;
-        ``handshake_timeout`` bounds it. Raises PathError."""
+    async def open_direct(self, host: str, port: int, handler: StreamHandler) -> DirectStream:
+        """A connection to a ``direct:`` host reporting to ``handler``, through the
+        corporate proxy if one is set; ``handshake_timeout`` bounds it. Raises PathError."""
+        timeout = self.config.handshake_timeout
         return await DirectStream.open(
-            self.config.upstream_proxy, host, port, timeout=self.config.handshake_timeout
+            self.config.upstream_proxy, host, port, handler, timeout=timeout
         )
 
     def _make_client(self) -> ClientConnection | _Refuser:

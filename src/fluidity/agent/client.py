@@ -9,7 +9,10 @@ An upstream is a tunnel stream, or, for a host on the ``direct:`` list, a
 ``DirectStream``: the agent's own connection, with the same interface. The
 single task it ever starts is the one that opens an upstream (that waits for
 the server or the target); while it runs the client is not read, so the
-session never buffers more than one read.
+session never buffers more than one read. The upstream may speak before that
+task resumes (a server that greets first: its bytes follow the stream's
+acceptance in the same read), so what it reports meanwhile is held and
+replayed once the session knows the upstream is open.
 
 Failures are never silent. A tunnel stream that cannot be had answers 503
 (no tunnel within ``connect_wait``, or the server's stream limit) or 502; one
@@ -28,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
-from fluidity.agent.direct import DirectStream
 from fluidity.connection import reset_transport, set_tcp_keepalive
 from fluidity.errors import (
     PathError,
@@ -90,6 +93,7 @@ class ClientConnection(asyncio.Protocol):
         self._deferred_ack = 0
         self._retried = False
         self._closed = False
+        self._held: list[Callable[[], None]] = []  # upstream reports while opening
 
     # -- the client socket --------------------------------------------------
 
@@ -129,6 +133,9 @@ class ClientConnection(asyncio.Protocol):
     # -- the tunnel stream (StreamHandler) -------------------------------
 
     def stream_data(self, data: bytes) -> None:
+        if self._opening is not None:
+            self._held.append(lambda: self.stream_data(data))
+            return
         self.session.receive_upstream(data)
         self._pump()
         if self.stream is None:
@@ -139,10 +146,16 @@ class ClientConnection(asyncio.Protocol):
             self.stream.acknowledge(len(data))
 
     def stream_ended(self) -> None:
+        if self._opening is not None:
+            self._held.append(self.stream_ended)
+            return
         self.session.receive_upstream(b"")
         self._pump()
 
     def stream_reset(self, reason: str) -> None:
+        if self._opening is not None:
+            self._held.append(lambda: self.stream_reset(reason))
+            return
         stream, self.stream = self.stream, None
         tunnel_died = stream is not None and not stream.tunnel_alive
         if tunnel_died and not self._retried and self.session.replayable_request() is not None:
@@ -209,14 +222,15 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self._opening = None
         self._pump()
-        if isinstance(self.stream, DirectStream) and self.stream.handler is None:
-            self.stream.start(self)  # the client has its answer: now the target's bytes
+        held, self._held = self._held, []
+        for report in held:  # the client has its answer: now what the upstream said
+            report()
 
     async def _connect(self, host: str, port: int) -> Upstream:
         """A tunnel stream to ``host:port``, or a direct connection if it is on ``direct:``."""
         if self.agent.routing.route(host) == "direct":
             self.kind = "direct"
-            return await self.agent.open_direct(host, port)
+            return await self.agent.open_direct(host, port, self)
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return await self.agent.keeper.open_stream(authority, self)
 
