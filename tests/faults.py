@@ -195,7 +195,8 @@ class FaultProxy:
         self.accepted = 0
         self.port = 0
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._joining: set[asyncio.StreamWriter] = set()  # accepted, upstream not yet open
+        self._closed = False
 
     async def start(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._accept, LOOPBACK, 0)
@@ -213,6 +214,9 @@ class FaultProxy:
             link.reset()
 
     async def close(self) -> None:
+        self._closed = True
+        for writer in list(self._joining):
+            reset(writer)
         if self._server is not None:
             self._server.close()
         for link in self.links:
@@ -230,11 +234,18 @@ class FaultProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         faults = self.faults_for(self.accepted)
         self.accepted += 1
+        self._joining.add(writer)
         try:
             async with asyncio.timeout(10):
                 upstream = await asyncio.open_connection(LOOPBACK, self.target_port)
         except (OSError, TimeoutError):
             reset(writer)
+            return
+        finally:
+            self._joining.discard(writer)
+        if self._closed:  # the proxy closed while this one was joining
+            reset(writer)
+            reset(upstream[1])
             return
         link = Link(faults, (reader, writer), upstream)
         self.links.append(link)

@@ -60,21 +60,28 @@ async def running_server(
         await server.shutdown(drain_timeout=1.0)
 
 
+class _Mute(asyncio.Protocol):
+    """Accepts and never says a word; keeps its transports for the listener to close."""
+
+    def __init__(self, held: list[asyncio.BaseTransport]) -> None:
+        self.held = held
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.held.append(transport)
+
+
 @asynccontextmanager
 async def mute_listener(context: ssl.SSLContext | None = None) -> AsyncIterator[int]:
     """A listener (TLS with ``context``) that accepts and never says a word; its port."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, LOOPBACK, 0, ssl=context)
+    held: list[asyncio.BaseTransport] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Mute(held), LOOPBACK, 0, ssl=context)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
         server.close()
-        for writer in held:
-            writer.transport.abort()
+        for transport in held:
+            transport.abort()  # type: ignore[attr-defined]
         await asyncio.wait_for(server.wait_closed(), 5)
 
 

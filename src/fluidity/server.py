@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fluidity.certs import revoked_serials
 from fluidity.config import Address, ServerConfig
 from fluidity.connection import TunnelConnection
 from fluidity.dialer import Dialer, DialSettings
@@ -278,6 +277,10 @@ class Server:
         crl = self.config.tls.crl
         if crl is None or not self._connections:
             return
+        # Imported here, on a reload with a CRL: ``certs`` loads the cryptography
+        # bindings, about 15 MB that a server without a CRL never needs.
+        from fluidity.certs import revoked_serials
+
         try:
             revoked = revoked_serials(crl.read_bytes(), describe(crl))
         except (CertificateError, ConfigError) as exc:

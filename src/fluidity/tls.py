@@ -25,10 +25,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from cryptography import x509
-
-from fluidity.certs import check_private_key_file
 from fluidity.errors import CertificateError, ConfigError
+from fluidity.keyfiles import check_private_key_file
 
 ALPN = "h2"
 ALPN_HTTP1 = "http/1.1"
@@ -131,6 +129,10 @@ def present_by_name(context: ssl.SSLContext, other: ssl.SSLContext, names: Itera
 
 def certificate_names(source: Source) -> frozenset[str]:
     """The DNS names (subjectAltName) of the first certificate in ``source``, lower case."""
+    # Imported here, only with websocket.cert: the cryptography bindings cost about
+    # 15 MB that a server without it never needs (see tests/test_lean_imports.py).
+    from cryptography import x509
+
     try:
         certificate = x509.load_pem_x509_certificate(_read(source))
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)

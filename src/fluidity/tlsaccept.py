@@ -50,6 +50,8 @@ from fluidity.tls import handshake_failure_reason
 log = logging.getLogger(__name__)
 
 ContextSource = Callable[[], ssl.SSLContext]
+# The tunnel connection is a buffered protocol (TLS decrypts into its buffer); the
+# front door's hand-off and the WebSocket link are protocols of either kind.
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 # Told the reason label of each failed handshake (the server's metrics counter).
 FailureCallback = Callable[[str], None]

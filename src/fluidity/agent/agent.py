@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import urllib.parse
+from types import MappingProxyType
 from typing import Any, cast
 
 from fluidity import __version__
@@ -85,6 +86,13 @@ class Agent:
             websocket=websocket,
         )
         self.clients: set[ClientConnection] = set()
+        # Clients on loopback need no TCP keepalive (the kernel sees both ends),
+        # which spares every new client connection a handful of syscalls.
+        self.keepalive_clients = not _is_loopback(config.listen.host)
+        # One mapping shared by every session (sessions keep it, not a copy).
+        self._local_paths = MappingProxyType(
+            {STATUS_PATH: self._status_page, PAC_PATH: self._pac_file}
+        )
         self.started = time.time()
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
@@ -283,10 +291,7 @@ class Agent:
         return client
 
     def _http_session(self) -> ClientSession:
-        return ClientSession(
-            credentials=self.credentials,
-            local_paths={STATUS_PATH: self._status_page, PAC_PATH: self._pac_file},
-        )
+        return ClientSession(credentials=self.credentials, local_paths=self._local_paths)
 
     def _socks_session(self) -> SocksRelay:
         return SocksRelay(self.credentials)
@@ -359,15 +364,17 @@ def _credentials(config: AgentConfig) -> tuple[str, str] | None:
     """Proxy credentials; required when the listener is reachable from other machines."""
     if config.auth is not None:
         return config.auth.username, config.auth.resolve_password()
-    host = config.listen.host
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+    if not _is_loopback(config.listen.host):
         raise ConfigError(
             f"listen: {config.listen} is reachable from other machines, so the proxy needs "
             "credentials: set auth: {username: ..., password_env: ...} in agent.yaml, "
             "or listen on 127.0.0.1"
         )
     return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -183,6 +183,9 @@ class TunnelKeeper:
 
     async def wait_ready(self, within: float) -> TunnelConnection:
         """The usable connection, waiting up to ``within`` seconds for one."""
+        conn = self._conn
+        if conn is not None and conn.is_usable and self._up.is_set():
+            return conn  # the common case, without arming a timeout for nothing
         try:
             async with asyncio.timeout(within):
                 while True:

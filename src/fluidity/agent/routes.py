@@ -20,10 +20,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from typing import TYPE_CHECKING, Protocol, cast
 
 from fluidity.config import WebSocketEndpoint
 from fluidity.connection import TunnelConnection
@@ -33,6 +30,11 @@ from fluidity.protocol.tunnel import Side
 from fluidity.protocol.wschannel import WebSocketChannel
 from fluidity.tls import handshake_failure_reason
 from fluidity.wslink import WebSocketLink
+
+if TYPE_CHECKING:
+    # Imported where used, on a failed verification only: the cryptography bindings
+    # cost about 15 MB that an agent never needs otherwise (tests/test_lean_imports.py).
+    from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +235,16 @@ async def presented_certificate(
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     finally:
         transport.abort()
+    from cryptography import x509
+
     return x509.load_der_x509_certificate(der) if der else None
 
 
 def issued_by_any(certificate: x509.Certificate, ca_pem: bytes) -> bool:
     """True if one of the CA certificates in ``ca_pem`` signed ``certificate``."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
     for ca in x509.load_pem_x509_certificates(ca_pem):
         try:
             certificate.verify_directly_issued_by(ca)
@@ -249,6 +256,8 @@ def issued_by_any(certificate: x509.Certificate, ca_pem: bytes) -> bool:
 
 def named_like_any(certificate: x509.Certificate, ca_pem: bytes) -> bool:
     """True if ``certificate``'s issuer bears the name of a CA in ``ca_pem``."""
+    from cryptography import x509
+
     return any(ca.subject == certificate.issuer for ca in x509.load_pem_x509_certificates(ca_pem))
 
 
