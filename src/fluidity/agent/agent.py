@@ -23,6 +23,7 @@ from fluidity import __version__
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
+from fluidity.agent.routes import WebSocketSettings
 from fluidity.config import AgentConfig
 from fluidity.connection import StreamHandler
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
@@ -34,7 +35,7 @@ from fluidity.path import open_path
 from fluidity.protocol.dispatch import FirstByteSession, SocksRelay
 from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
 from fluidity.protocol.retry import Backoff
-from fluidity.tls import agent_context, describe
+from fluidity.tls import agent_context, describe, outer_agent_context
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,13 @@ class Agent:
             MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
         )
         context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
+        websocket = None
+        if config.transport != "direct":
+            websocket = WebSocketSettings(
+                outer_context=outer_agent_context(config.tls.ca, config.websocket.outer_ca),
+                url=config.websocket.url,
+                ping_interval=config.websocket.ping_interval,
+            )
         self.keeper = TunnelKeeper(
             host=config.server.host,
             port=config.server.port,
@@ -73,6 +81,9 @@ class Agent:
             backoff=Backoff(config.reconnect.initial, config.reconnect.max),
             connector=functools.partial(open_path, config.upstream_proxy),
             metrics=self.metrics,
+            ca_pem=config.tls.ca.read_bytes(),
+            transport=config.transport,
+            websocket=websocket,
         )
         self.clients: set[ClientConnection] = set()
         # Clients on loopback need no TCP keepalive (the kernel sees both ends),
@@ -119,9 +130,10 @@ class Agent:
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         log.info(
-            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s%s (event loop: %s)",
+            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s (transport: %s)%s (event loop: %s)",
             *self.address,
             self.keeper.address,
+            self.config.transport,
             _describe_routes(self.config),
             loop_name(loop),
         )
@@ -219,6 +231,7 @@ class Agent:
             "version": __version__,
             "state": keeper.state.value,
             "server": keeper.address,
+            "transport": keeper.transport,
             "listen": f"{self.address[0]}:{self.address[1]}" if self.address else None,
             "uptime": round(now - self.started, 1),
             "connected_for": round(now - keeper.connected_since, 1)
