@@ -699,7 +699,8 @@ def _keys(cls: Any, prefix: str = "") -> Iterator[str]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         inner = next((a for a in getattr(tp, "__args__", ()) if dataclasses.is_dataclass(a)), tp)
-        section = dataclasses.is_dataclass(inner) and inner not in (Address, FileOrPem)
+        # Value types (Address, FileOrPem, WebSocketEndpoint) parse from one string.
+        section = dataclasses.is_dataclass(inner) and not hasattr(inner, "from_config")
         yield prefix + f.name
         if section:
             yield from _keys(inner, f"{prefix}{f.name}.")

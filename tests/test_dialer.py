@@ -110,12 +110,14 @@ async def test_the_circuit_opens_fails_fast_half_opens_and_recovers_end_to_end(
     tunnel = await start_tunnel(pki, server_changes=server_changes)
     target = RecordingOrigin()
     try:
+        loop = asyncio.get_running_loop()
         for _ in range(3):
+            # Taken before the request: the circuit opens during the third one, so
+            # this is no later than that moment, however long the answer takes.
+            opened = loop.time()
             outcome = await http_request(tunnel.proxy_port, url)
             assert outcome.status == 502 and "refused" in outcome.error, outcome
         breaker = tunnel.server.dialer.breaker
-        loop = asyncio.get_running_loop()
-        opened = loop.time()
         await target.start(port)  # the target is back, but the circuit is open
         fast = await http_request(tunnel.proxy_port, url)
         assert fast.status == 503 and f"circuit open for {key}" in fast.error, fast

@@ -36,6 +36,7 @@ under asyncio and uvloop alike.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -49,7 +50,9 @@ from fluidity.tls import handshake_failure_reason
 log = logging.getLogger(__name__)
 
 ContextSource = Callable[[], ssl.SSLContext]
-ProtocolFactory = Callable[[], asyncio.Protocol]
+# The tunnel connection is a buffered protocol (TLS decrypts into its buffer); the
+# front door's hand-off and the WebSocket link are protocols of either kind.
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 # Told the reason label of each failed handshake (the server's metrics counter).
 FailureCallback = Callable[[str], None]
 
@@ -170,6 +173,7 @@ class TLSListener:
         self._socks: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()  # cancelled by close, not yet done
         self.handshakes_ok = 0
         self.handshakes_failed = 0
         self.address: tuple[str, int] | None = None
@@ -199,12 +203,21 @@ class TLSListener:
 
     def close(self) -> None:
         """Stop accepting and abandon the handshakes in progress; live connections stay."""
-        for task in [*self._accepting, *self._pending]:
+        tasks = [*self._accepting, *self._pending]
+        for task in tasks:
             task.cancel()
+        self._closing.update(tasks)
         self._accepting.clear()
         for sock in self._socks:
             sock.close()
         self._socks.clear()
+
+    async def wait_closed(self) -> None:
+        """Wait until the tasks ``close`` cancelled have finished, so that each abandoned
+        handshake has closed its socket (before the loop goes away, say)."""
+        closing, self._closing = self._closing, set()
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)
 
     async def _accept_forever(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -220,6 +233,9 @@ class TLSListener:
             task = loop.create_task(self._handshake(client))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+            # A task cancelled before it ever ran never reaches its own cleanup: the
+            # socket is then nobody's, so close it here (closing twice is harmless).
+            task.add_done_callback(functools.partial(_close_if_cancelled, client))
 
     async def _handshake(self, client: socket.socket) -> None:
         peer = _peer_text(client)
@@ -228,7 +244,7 @@ class TLSListener:
             # The loop enforces the handshake timeout itself; the outer bound is a
             # safety net in case an implementation does not.
             async with asyncio.timeout(self._timeout + 1.0):
-                await loop.connect_accepted_socket(
+                transport, _ = await loop.connect_accepted_socket(
                     self._factory,
                     client,
                     ssl=self._contexts(),
@@ -241,7 +257,18 @@ class TLSListener:
         except asyncio.CancelledError:
             client.close()
             raise
+        if transport.is_closing():
+            return  # its protocol turned it away at once, and said why (see refused)
         self.handshakes_ok += 1
+
+    def refused(self, peer: str, reason: str, detail: str) -> None:
+        """A connection its protocol turned away right after the handshake (the server's
+        front door: h2 without a client certificate, or over TLS 1.2): counted and
+        logged as a failed handshake with ``reason``, since to the operator it is one."""
+        self.handshakes_failed += 1
+        if self._on_failure is not None:
+            self._on_failure(reason)
+        self._failures.failed(peer, reason, detail)
 
     def _failed(self, peer: str, exc: BaseException) -> None:
         reason = failure_reason(exc)
@@ -249,6 +276,11 @@ class TLSListener:
         if self._on_failure is not None:
             self._on_failure(reason)
         self._failures.failed(peer, reason, describe_failure(exc, self._timeout))
+
+
+def _close_if_cancelled(sock: socket.socket, task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        sock.close()
 
 
 def _listening_socket(family: int, sockaddr: tuple[Any, ...], backlog: int) -> socket.socket:

@@ -214,6 +214,56 @@ def test_garbage_from_the_peer_is_a_closed_tunnel() -> None:
         server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 
 
+def test_a_rejected_stream_is_closed_on_both_peers() -> None:
+    pair = Pair(max_streams=3)
+    for _ in range(10):  # more rejections than the server allows concurrent streams
+        stream_id = pair.agent.open_stream("10.0.0.1:80")
+        pair.xfer()
+        pair.server.reject_stream(stream_id, 403, "private")
+        at_agent, _ = pair.xfer()
+        assert at_agent == [StreamRejected(stream_id, 403, "private")]
+    assert pair.open() > 0  # the rejected ones no longer count as open
+
+
+def test_stream_limit_is_enforced_exactly_at_scale() -> None:
+    pair = Pair(max_streams=300)
+    opened = [pair.agent.open_stream(f"example.com:{i + 1}") for i in range(300)]
+    _, at_server = pair.xfer()
+    assert len([e for e in at_server if isinstance(e, StreamRequested)]) == 300
+    with pytest.raises(StreamError, match="server's maximum"):
+        pair.agent.open_stream("example.com:9999")
+    pair.agent.reset_stream(opened[0])
+    pair.xfer()
+    pair.open()  # one slot came free: exactly one more stream fits
+    with pytest.raises(StreamError, match="server's maximum"):
+        pair.agent.open_stream("example.com:9999")
+
+
+def test_finished_streams_are_swept_from_h2() -> None:
+    pair = Pair()
+    for _ in range(500):
+        stream_id = pair.open()
+        pair.agent.end_stream(stream_id)
+        pair.server.end_stream(stream_id)
+        pair.xfer()
+    assert pair.agent.open_streams == pair.server.open_streams == 0
+    assert len(pair.agent._h2.streams) < 100 and len(pair.server._h2.streams) < 100
+
+
+def test_a_window_update_moves_only_the_waiting_stream() -> None:
+    pair = Pair()
+    blocked, other = pair.open(), pair.open()
+    pair.agent.send(blocked, b"x" * (STREAM_WINDOW + 1000))
+    at_server = pair.xfer()[1]
+    assert len(received(at_server)) == STREAM_WINDOW
+    assert pair.agent._waiting == {blocked: None}
+    pair.agent.send(other, b"y")
+    pair.server.acknowledge(blocked, STREAM_WINDOW)
+    at_server = pair.xfer()[1]
+    assert received(at_server) == b"y" + b"x" * 1000
+    assert pair.agent._waiting == {}
+
+
 def open_and_reset(pair: Pair, count: int) -> None:
     """``count`` streams opened, accepted and reset by the agent, one after another."""
     for _ in range(count):

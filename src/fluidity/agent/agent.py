@@ -16,12 +16,14 @@ import json
 import logging
 import time
 import urllib.parse
+from types import MappingProxyType
 from typing import Any, cast
 
 from fluidity import __version__
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
+from fluidity.agent.routes import WebSocketSettings
 from fluidity.config import AgentConfig
 from fluidity.connection import StreamHandler
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
@@ -33,7 +35,7 @@ from fluidity.path import open_path
 from fluidity.protocol.dispatch import FirstByteSession, SocksRelay
 from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
 from fluidity.protocol.retry import Backoff
-from fluidity.tls import agent_context, describe
+from fluidity.tls import agent_context, describe, outer_agent_context
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,13 @@ class Agent:
             MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
         )
         context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
+        websocket = None
+        if config.transport != "direct":
+            websocket = WebSocketSettings(
+                outer_context=outer_agent_context(config.tls.ca, config.websocket.outer_ca),
+                url=config.websocket.url,
+                ping_interval=config.websocket.ping_interval,
+            )
         self.keeper = TunnelKeeper(
             host=config.server.host,
             port=config.server.port,
@@ -72,8 +81,18 @@ class Agent:
             backoff=Backoff(config.reconnect.initial, config.reconnect.max),
             connector=functools.partial(open_path, config.upstream_proxy),
             metrics=self.metrics,
+            ca_pem=config.tls.ca.read_bytes(),
+            transport=config.transport,
+            websocket=websocket,
         )
         self.clients: set[ClientConnection] = set()
+        # Clients on loopback need no TCP keepalive (the kernel sees both ends),
+        # which spares every new client connection a handful of syscalls.
+        self.keepalive_clients = not _is_loopback(config.listen.host)
+        # One mapping shared by every session (sessions keep it, not a copy).
+        self._local_paths = MappingProxyType(
+            {STATUS_PATH: self._status_page, PAC_PATH: self._pac_file}
+        )
         self.started = time.time()
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
@@ -111,9 +130,10 @@ class Agent:
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         log.info(
-            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s%s (event loop: %s)",
+            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s (transport: %s)%s (event loop: %s)",
             *self.address,
             self.keeper.address,
+            self.config.transport,
             _describe_routes(self.config),
             loop_name(loop),
         )
@@ -211,6 +231,7 @@ class Agent:
             "version": __version__,
             "state": keeper.state.value,
             "server": keeper.address,
+            "transport": keeper.transport,
             "listen": f"{self.address[0]}:{self.address[1]}" if self.address else None,
             "uptime": round(now - self.started, 1),
             "connected_for": round(now - keeper.connected_since, 1)
@@ -270,10 +291,7 @@ class Agent:
         return client
 
     def _http_session(self) -> ClientSession:
-        return ClientSession(
-            credentials=self.credentials,
-            local_paths={STATUS_PATH: self._status_page, PAC_PATH: self._pac_file},
-        )
+        return ClientSession(credentials=self.credentials, local_paths=self._local_paths)
 
     def _socks_session(self) -> SocksRelay:
         return SocksRelay(self.credentials)
@@ -346,15 +364,17 @@ def _credentials(config: AgentConfig) -> tuple[str, str] | None:
     """Proxy credentials; required when the listener is reachable from other machines."""
     if config.auth is not None:
         return config.auth.username, config.auth.resolve_password()
-    host = config.listen.host
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+    if not _is_loopback(config.listen.host):
         raise ConfigError(
             f"listen: {config.listen} is reachable from other machines, so the proxy needs "
             "credentials: set auth: {username: ..., password_env: ...} in agent.yaml, "
             "or listen on 127.0.0.1"
         )
     return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

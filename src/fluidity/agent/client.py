@@ -99,10 +99,20 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        set_tcp_keepalive(transport)
+        if self.agent.keepalive_clients:
+            set_tcp_keepalive(transport)
         self._sync_head_timer()
 
     def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is not None and self.session.relaying:
+            # A raw splice (CONNECT, upgrades): the session would only hand the
+            # bytes back as one SendUpstream. Skipping the round trip through it
+            # is the agent's half of turning the connection into a plain splice.
+            if not stream.write(data):
+                self._stream_full = True
+                self._update_reading()
+            return
         self.session.receive_client(data)
         self._pump()
 
@@ -136,8 +146,14 @@ class ClientConnection(asyncio.Protocol):
         if self._opening is not None:
             self._held.append(lambda: self.stream_data(data))
             return
-        self.session.receive_upstream(data)
-        self._pump()
+        if self.session.relaying:
+            # The session would emit SendClient(data) (no data follows the
+            # stream's end, so there is nothing else for it to decide).
+            if self.transport is not None and not self._closed:
+                self.transport.write(data)
+        else:
+            self.session.receive_upstream(data)
+            self._pump()
         if self.stream is None:
             return
         if self._client_paused:

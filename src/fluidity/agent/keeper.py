@@ -26,6 +26,11 @@ The TCP path to the server comes from a connector (by default
 evaluated again on each reconnect; TLS then runs over that path.
 ``handshake_timeout`` bounds the whole of it: the proxy's CONNECT exchange
 included.
+
+The connection goes over the direct transport or the WebSocket transport
+(``fluidity.agent.routes``). With ``transport: auto`` the keeper starts direct
+and, the first time the direct transport meets TLS inspection, switches to the
+WebSocket transport for good, saying so once.
 """
 
 from __future__ import annotations
@@ -35,10 +40,17 @@ import functools
 import logging
 import ssl
 import time
-from collections.abc import Awaitable
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
+from fluidity.agent.routes import (
+    Connector,
+    DirectRoute,
+    Route,
+    WebSocketRoute,
+    WebSocketSettings,
+)
+from fluidity.config import TransportKind, WebSocketEndpoint
 from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
 from fluidity.errors import (
     AuthenticationError,
@@ -46,25 +58,18 @@ from fluidity.errors import (
     HandshakeError,
     PathError,
     StreamUnprocessed,
+    TLSInspectionDetected,
     TunnelClosed,
     TunnelError,
     TunnelUnavailable,
     UpstreamProxyError,
 )
 from fluidity.metrics import Metrics
-from fluidity.path import Streams, attach_tls, open_path
+from fluidity.path import open_path
 from fluidity.protocol.retry import Backoff
 from fluidity.protocol.tunnel import Side
-from fluidity.tls import handshake_failure_reason
 
 log = logging.getLogger(__name__)
-
-
-class Connector(Protocol):
-    """Opens the TCP path to the server within ``timeout`` seconds: directly, or
-    through a corporate proxy. Raises PathError (see :func:`fluidity.path.open_path`)."""
-
-    def __call__(self, host: str, port: int, *, timeout: float) -> Awaitable[Streams]: ...
 
 
 class TunnelState(Enum):
@@ -93,6 +98,9 @@ class TunnelKeeper:
         backoff: Backoff | None = None,
         connector: Connector | None = None,
         metrics: Metrics | None = None,
+        ca_pem: bytes = b"",
+        transport: TransportKind = "direct",
+        websocket: WebSocketSettings | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -104,7 +112,16 @@ class TunnelKeeper:
         self.connect_wait = connect_wait
         self._stream_idle_timeout = stream_idle_timeout
         self._backoff = backoff or Backoff(0.5, 30.0)
-        self._connector = connector or functools.partial(open_path, None)
+        self._connector: Connector = connector or functools.partial(open_path, None)
+        self._ca_pem = ca_pem
+        if transport != "direct" and websocket is None:
+            raise ValueError(f"transport {transport!r} needs WebSocket settings")
+        self.transport_mode: TransportKind = transport
+        self.transport: str = "websocket" if transport == "websocket" else "direct"
+        """The transport in use: ``direct`` or ``websocket`` (``auto`` starts direct)."""
+        self._websocket = websocket
+        self._last_failure: TunnelError | None = None
+        self._failed = asyncio.Event()
         self._conn: TunnelConnection | None = None
         self._up = asyncio.Event()
         self._draining = asyncio.Event()  # the current connection refused a stream
@@ -166,6 +183,9 @@ class TunnelKeeper:
 
     async def wait_ready(self, within: float) -> TunnelConnection:
         """The usable connection, waiting up to ``within`` seconds for one."""
+        conn = self._conn
+        if conn is not None and conn.is_usable and self._up.is_set():
+            return conn  # the common case, without arming a timeout for nothing
         try:
             async with asyncio.timeout(within):
                 while True:
@@ -179,6 +199,15 @@ class TunnelKeeper:
             raise TunnelUnavailable(
                 f"no tunnel to {self.address} after waiting {within:g} s{why}"
             ) from None
+
+    async def failure(self, within: float) -> TunnelError:
+        """Why the latest connection attempt failed, waiting up to ``within`` seconds for
+        the attempt under way to fail; ``TimeoutError`` if none does."""
+        async with asyncio.timeout(within):
+            while self._last_failure is None:
+                self._failed.clear()
+                await self._failed.wait()
+        return self._last_failure
 
     async def open_stream(self, authority: str, handler: StreamHandler) -> TunnelStream:
         """A stream to ``authority``; waits for the tunnel, retries a refused or lost open.
@@ -216,16 +245,10 @@ class TunnelKeeper:
         attempt fails otherwise or succeeds. The backoff starts over after a
         connection that worked, not after one the server turned away.
         """
-        try:
-            conn = await self._establish()
-        except TunnelError as exc:
-            self.last_error = str(exc)
-            self.metrics.handshake_failed(_failure_reason(exc))
-            if isinstance(exc, AuthenticationError):
-                self.state = TunnelState.AUTH_FAILED
-                log.error("%s", exc)
-            else:
-                self.state = TunnelState.CONNECTING
+        conn = await self._attempt()
+        if conn is None and self._switch_after_inspection():
+            conn = await self._attempt()
+        if conn is None:
             return
         self._conn = conn
         self.state = TunnelState.CONNECTED
@@ -284,60 +307,84 @@ class TunnelKeeper:
         self.closed_bytes_in += conn.bytes_in
         self.closed_bytes_out += conn.bytes_out
 
+    async def _attempt(self) -> TunnelConnection | None:
+        """One attempt on the current transport; None (and ``last_error``) if it failed."""
+        self._last_failure = None
+        try:
+            return await self._establish()
+        except TunnelError as exc:
+            self.last_error = str(exc)
+            self._last_failure = exc
+            self._failed.set()
+            self.metrics.handshake_failed(_failure_reason(exc))
+            if isinstance(exc, AuthenticationError):
+                self.state = TunnelState.AUTH_FAILED
+                log.error("%s", exc)
+            else:
+                self.state = TunnelState.CONNECTING
+            return None
+
+    def _switch_after_inspection(self) -> bool:
+        """``transport: auto``: after TLS inspection on the direct transport, use the
+        WebSocket transport from now on (and say so, once)."""
+        inspected = isinstance(self._last_failure, TLSInspectionDetected)
+        if not (inspected and self.transport_mode == "auto" and self.transport == "direct"):
+            return False
+        log.warning("%s; transport is auto: switching to the WebSocket transport", self.last_error)
+        self.transport = "websocket"
+        return True
+
+    def _route(self) -> Route:
+        """The way to the server on the current transport, to the current ``host``."""
+        if self.transport == "websocket":
+            assert self._websocket is not None
+            ws = self._websocket
+            end = ws.url or WebSocketEndpoint(True, self.host, self.port, name=self.server_name)
+            return WebSocketRoute(
+                end,
+                self.server_name,
+                self._context,
+                ws.outer_context,
+                self._connector,
+                ping_interval=ws.ping_interval,
+                ping_timeout=self._keepalive[1],
+            )
+        return DirectRoute(
+            self.host, self.port, self.server_name, self._context, self._ca_pem, self._connector
+        )
+
     def _report_up(self) -> None:
         """'tunnel up after 0.4 s' the first time, for the person waiting at start."""
+        via = f"{self.transport} transport"
         if self._started is None:
-            log.info("tunnel up: connected to %s", self.address)
+            log.info("tunnel up: connected to %s (%s)", self.address, via)
             return
         waited = asyncio.get_running_loop().time() - self._started
         self._started = None
-        log.info("tunnel up after %.1f s: connected to %s", waited, self.address)
+        log.info("tunnel up after %.1f s: connected to %s (%s)", waited, self.address, via)
 
     async def _establish(self) -> TunnelConnection:
         interval, timeout = self._keepalive
-        conn = TunnelConnection(
+        route = self._route()
+        factory = lambda: TunnelConnection(  # noqa: E731
             Side.AGENT,
             keepalive_interval=interval,
             keepalive_timeout=timeout,
             stream_idle_timeout=self._stream_idle_timeout,
             peer_name=f"server {self.address}",
         )
-        # The connector and the TLS handshake share one budget; each bounds itself so
-        # its failure names what it waited for. The outer timeout is a safety net.
+        # The path, the TLS handshake(s) and the WebSocket upgrade share one budget;
+        # each step bounds itself so its failure names what it waited for. The outer
+        # timeout is a safety net.
         budget = self._handshake_timeout
-        deadline = asyncio.get_running_loop().time() + budget
         try:
             async with asyncio.timeout(budget + 0.5):
-                streams = await self._connector(self.host, self.port, timeout=budget)
-                remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
-                await attach_tls(
-                    streams,
-                    conn,
-                    self._context,
-                    server_hostname=self.server_name,
-                    timeout=remaining,
-                )
-        except PathError:
-            raise  # names the proxy or the address already
-        except ssl.SSLCertVerificationError as exc:
+                conn = await route.open(factory, budget=budget)
+        except TimeoutError as exc:
             raise HandshakeError(
-                f"cannot verify the server certificate of {self.address} "
-                f"(as {self.server_name}): {exc.verify_message}",
-                handshake_failure_reason(exc),
-            ) from exc
-        except ssl.SSLError as exc:
-            raise HandshakeError(
-                f"TLS with {self.address} failed: {exc}", handshake_failure_reason(exc)
-            ) from exc
-        except (TimeoutError, ConnectionAbortedError) as exc:  # before OSError, their base
-            # ConnectionAbortedError: attach_tls's way of saying the TLS handshake timed out.
-            raise HandshakeError(
-                f"connecting to {self.address} timed out after {budget:g} s (handshake_timeout)",
+                f"connecting to {self.address} ({route.name} transport) timed out after "
+                f"{budget:g} s (handshake_timeout)",
                 "timeout",
-            ) from exc
-        except (ConnectionError, OSError) as exc:
-            raise HandshakeError(
-                f"cannot connect to {self.address}: {_why(exc)}", "connect_failed"
             ) from exc
         try:
             return await self._await_first_word(conn)
@@ -373,13 +420,3 @@ def _failure_reason(exc: TunnelError) -> str:
     if isinstance(exc, PathError):
         return "timeout" if exc.status == 504 else "connect_failed"
     return "tls_error"
-
-
-def _why(exc: OSError) -> str:
-    """An OSError as words, even when it carries none (a reset mid-handshake)."""
-    if isinstance(exc, ConnectionResetError | ConnectionAbortedError) and not str(exc):
-        return (
-            "the server closed the connection during the TLS handshake "
-            "(is it a fluidity server speaking TLS 1.3?)"
-        )
-    return str(exc) or type(exc).__name__

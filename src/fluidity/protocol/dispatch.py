@@ -43,6 +43,12 @@ class DriverSession(Protocol):
     def wants_client_data(self) -> bool: ...
 
     @property
+    def relaying(self) -> bool:
+        """True while the session only passes bytes on: client bytes would come
+        back as one ``SendUpstream``, upstream bytes as one ``SendClient``. The
+        driver may then move bytes itself and call the session only for ends."""
+
+    @property
     def idle(self) -> bool:
         """Waiting for the client's next request (or SOCKS5 handshake), nothing under
         way: the driver's head timeout runs only now, and a draining agent may close."""
@@ -92,6 +98,10 @@ class SocksRelay:
         return not self._closed and (
             self.core.state in _HANDSHAKE or self.core.state is State.RELAY
         )
+
+    @property
+    def relaying(self) -> bool:
+        return not self._closed and self.core.state is State.RELAY
 
     @property
     def idle(self) -> bool:
@@ -181,6 +191,10 @@ class FirstByteSession:
     @property
     def wants_client_data(self) -> bool:
         return self.inner is None or self.inner.wants_client_data
+
+    @property
+    def relaying(self) -> bool:
+        return self.inner is not None and self.inner.relaying
 
     @property
     def idle(self) -> bool:
