@@ -172,8 +172,11 @@ class Server:
             task.cancel()
         for splice in list(self._splices):
             splice.close()
-        for conn in list(self._connections):
-            conn.close("server shutting down")
+        # GOAWAY and TLS close to every agent at once, and wait for them (bounded):
+        # a server that returned now would leave sockets open behind it.
+        await asyncio.gather(
+            *(conn.finish("server shutting down") for conn in list(self._connections))
+        )
         if self.metrics_server is not None:
             await self.metrics_server.close()
         log.info("drained in %.2f s", time.monotonic() - started)

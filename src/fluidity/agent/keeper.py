@@ -150,7 +150,9 @@ class TunnelKeeper:
             self.state = TunnelState.STOPPED
             self._up.clear()
             if self._conn is not None:
-                self._conn.close("agent stopping")
+                # GOAWAY, then wait (bounded) for the TLS close to complete: the
+                # agent's shutdown leaves no socket open behind it.
+                await self._conn.finish("agent stopping")
 
     async def wait_ready(self, within: float) -> TunnelConnection:
         """The usable connection, waiting up to ``within`` seconds for one."""
