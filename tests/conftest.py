@@ -12,6 +12,21 @@ from harness import Process, Tunnel, start_tunnel
 from origins import RecordingOrigin
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak", action="store_true", help="also run the long soak tests (marked soak)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="a long soak: run with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> QuickstartPKI:
     """A CA, a server certificate for localhost/127.0.0.1 and a client certificate."""

@@ -130,16 +130,27 @@ def start_process(
     *,
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> Process:
     """Run ``fluidity ROLE --config`` with ``config`` (and ``args``, and ``env`` added to
-    the environment); wait for its 'listening' log line."""
+    the environment); wait for its 'listening' log line. ``prefix`` goes before the
+    command (``unshare --pid --fork``: run it as PID 1)."""
     config_path = workdir / f"{role}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"{role}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "fluidity.cli", role, "--config", str(config_path), *args],
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "fluidity.cli",
+                role,
+                "--config",
+                str(config_path),
+                *args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

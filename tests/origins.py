@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h11
@@ -41,8 +42,8 @@ class RecordingOrigin:
     server: asyncio.Server | None = None
     port: int = 0
 
-    async def start(self) -> RecordingOrigin:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> RecordingOrigin:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -139,3 +140,109 @@ class RecordingOrigin:
             await writer.drain()
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
+
+
+@dataclass
+class GatedOrigin:
+    """A raw HTTP/1.1 origin whose answers can be held at a gate, for fault tests.
+
+    ``GET /bytes/N`` streams N pattern bytes with ``Content-Length``; with
+    ``?close`` the body is close-delimited instead (no length: only a clean
+    end of the connection says it is complete). ``&pause=K`` stops the body
+    after K bytes until :meth:`release`. ``/held`` answers ``held`` only after
+    :meth:`release`. Every answer closes the connection. ``paused`` and
+    ``held`` count the answers waiting at the gate; ``arrivals`` counts
+    requests per path; :meth:`wait_until` waits for a condition on them.
+    """
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    paused: int = 0
+    held: int = 0
+    arrivals: dict[str, int] = field(default_factory=dict)
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    server: asyncio.Server | None = None
+    port: int = 0
+
+    async def start(self) -> GatedOrigin:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def release(self) -> None:
+        """Let every held or paused answer go on, and the later ones pass."""
+        self.gate.set()
+
+    async def wait_until(self, predicate: Callable[[GatedOrigin], bool], within: float) -> None:
+        async with asyncio.timeout(within), self.changed:
+            await self.changed.wait_for(lambda: predicate(self))
+
+    async def close(self) -> None:
+        self.release()
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self.writers):
+                writer.transport.abort()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+
+    async def _note(self, **changes: int) -> None:
+        async with self.changed:
+            for name, delta in changes.items():
+                setattr(self, name, getattr(self, name) + delta)
+            self.changed.notify_all()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path, _, query = head.split(b" ", 2)[1].decode().partition("?")
+            async with self.changed:
+                self.arrivals[path] = self.arrivals.get(path, 0) + 1
+                self.changed.notify_all()
+            await self._read_body(reader, head)
+            if path.startswith("/bytes/"):
+                await self._bytes(writer, int(path.split("/")[2]), query)
+            else:
+                await self._held(writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+    @staticmethod
+    async def _read_body(reader: asyncio.StreamReader, head: bytes) -> None:
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                await reader.readexactly(int(value))
+
+    async def _held(self, writer: asyncio.StreamWriter) -> None:
+        await self._note(held=1)
+        await self.gate.wait()
+        await self._note(held=-1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nheld")
+        await writer.drain()
+
+    async def _bytes(self, writer: asyncio.StreamWriter, total: int, query: str) -> None:
+        options = dict(part.partition("=")[::2] for part in query.split("&") if part)
+        framing = b"" if "close" in options else b"Content-Length: %d\r\n" % total
+        writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"Connection: close\r\n\r\n")
+        pause = int(options.get("pause") or total + 1)
+        for offset in range(0, total, CHUNK):
+            size = min(CHUNK, total - offset)
+            if offset <= pause < offset + size:
+                writer.write(pattern(offset, pause - offset))
+                await writer.drain()
+                await self._note(paused=1)
+                await self.gate.wait()
+                await self._note(paused=-1)
+                writer.write(pattern(pause, offset + size - pause))
+            else:
+                writer.write(pattern(offset, size))
+            await writer.drain()

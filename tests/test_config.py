@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from fluidity.config import (
 )
 from fluidity.configload import Section, env_name, load_config
 from fluidity.errors import ConfigError
+from fluidity.upstream import UpstreamProxyConfig
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -544,6 +546,13 @@ def test_upstream_proxy_and_direct_errors_name_the_key(
     assert message in config_error(load_agent_config, agent_file(conf, extra))
 
 
+def test_a_pac_url_without_pypac_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pypac", None)  # as if the pac extra were not installed
+    with pytest.raises(ConfigError, match=r"pip install 'fluidity\[pac\]'"):
+        UpstreamProxyConfig("pac+http://wpad.corp.example/wpad.dat")
+    assert UpstreamProxyConfig("http://proxy.corp.example:3128").mode == "http"
+
+
 def test_configs_are_frozen(conf: Path) -> None:
     config = load_agent_config(agent_file(conf), env={})
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -690,7 +699,8 @@ def _keys(cls: Any, prefix: str = "") -> Iterator[str]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         inner = next((a for a in getattr(tp, "__args__", ()) if dataclasses.is_dataclass(a)), tp)
-        section = dataclasses.is_dataclass(inner) and inner not in (Address, FileOrPem)
+        # Value types (Address, FileOrPem, WebSocketEndpoint) parse from one string.
+        section = dataclasses.is_dataclass(inner) and not hasattr(inner, "from_config")
         yield prefix + f.name
         if section:
             yield from _keys(inner, f"{prefix}{f.name}.")

@@ -321,6 +321,46 @@ async def test_socks5_username_and_password_when_auth_is_configured(
     assert len(origin.heads) == 2
 
 
+SOCKS_CONNECT = b"\x05\x01\x00" + b"\x05\x01\x00\x01\x7f\x00\x00\x01"
+SOCKS_ANSWER = b"\x05\x00" + b"\x05\x00\x00\x01" + bytes(6)
+
+
+@pytest.mark.parametrize("route", ["tunnel", "direct"])
+@pytest.mark.parametrize("protocol", ["socks5", "http-connect"])
+async def test_a_server_that_speaks_first(
+    pki: QuickstartPKI, closing: list[Tunnel], route: str, protocol: str
+) -> None:
+    """An ssh-like target: it greets the moment it is connected, then echoes."""
+
+    async def greet_then_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-fluidity-test\r\n")
+        writer.write(await reader.read())  # everything, up to the client's EOF
+        writer.close()
+
+    target = await asyncio.start_server(greet_then_echo, "127.0.0.1", 0)
+    port = target.sockets[0].getsockname()[1]
+    direct = ("127.0.0.1",) if route == "direct" else ()
+    tunnel = await start_tunnel(pki, direct=direct)
+    closing.append(tunnel)
+    async with target, asyncio.timeout(WAIT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.proxy_port)
+        if protocol == "socks5":
+            writer.write(SOCKS_CONNECT + port.to_bytes(2, "big"))
+            assert await reader.readexactly(len(SOCKS_ANSWER)) == SOCKS_ANSWER
+        else:
+            authority = f"127.0.0.1:{port}"
+            writer.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+            assert await reader.readuntil(b"\r\n\r\n") == (
+                b"HTTP/1.1 200 Connection established\r\n\r\n"
+            )
+        assert await reader.readline() == b"SSH-2.0-fluidity-test\r\n"
+        writer.write(b"client hello")
+        writer.write_eof()
+        assert await reader.read() == b"client hello"
+        writer.close()
+        await writer.wait_closed()
+
+
 # -- split routing --------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trustme
 
+from fluidity import path
 from fluidity.errors import PathError, UpstreamProxyError
 from fluidity.path import attach, attach_tls, open_path
 from fluidity.upstream import UpstreamProxyConfig
@@ -209,6 +210,48 @@ def test_attach_tls_delivers_what_the_server_says_first(run: Any, tls: Any) -> N
     run(body())
 
 
+class BufferedRecorder(asyncio.BufferedProtocol):
+    """A buffered protocol with a 3-byte buffer: every delivery takes several rounds."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.buffer = bytearray(3)
+        self.arrived = asyncio.Event()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self.buffer[:nbytes]
+        self.arrived.set()
+
+
+def test_attach_tls_feeds_a_buffered_protocol_through_its_buffers(run: Any, tls: Any) -> None:
+    server_context, client_context = tls
+
+    async def body() -> None:
+        async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"greetings")  # may arrive before the protocol is attached
+            await writer.drain()
+            writer.write(await reader.readexactly(4))
+            await reader.read()
+
+        async with await serve(greet, server_context) as server:
+            streams = await open_path(None, HOST, port_of(server), timeout=WAIT)
+            recorder = BufferedRecorder()
+            transport = await attach_tls(
+                streams, recorder, client_context, server_hostname="localhost", timeout=WAIT
+            )
+            transport.write(b"ping")
+            async with asyncio.timeout(WAIT):
+                while bytes(recorder.data) != b"greetingsping":
+                    recorder.arrived.clear()
+                    await recorder.arrived.wait()
+            transport.close()
+
+    run(body())
+
+
 def test_attach_tls_closes_the_connection_when_verification_fails(run: Any, tls: Any) -> None:
     server_context, _ = tls
     untrusting = ssl.create_default_context()
@@ -264,3 +307,16 @@ def test_a_missing_password_variable_is_an_upstream_proxy_error(
             await open_path(config, HOST, 443, timeout=WAIT)
 
     run(body())
+
+
+def test_held_bytes_reach_a_buffered_protocol_through_its_small_buffer() -> None:
+    recorder = BufferedRecorder()
+    path._deliver(recorder, b"greetings, all")  # what the holder replays on hand-over
+    assert bytes(recorder.data) == b"greetings, all"
+
+
+def test_a_buffered_protocol_without_room_is_an_error_not_a_hang() -> None:
+    recorder = BufferedRecorder()
+    recorder.buffer = bytearray()
+    with pytest.raises(BufferError, match="no room"):
+        path._deliver(recorder, b"x")

@@ -26,10 +26,13 @@ from cryptography import x509
 
 from fluidity import certs
 from fluidity.agent import Agent
-from fluidity.config import AgentTLS, FileOrPem, ServerTLS
+from fluidity.config import AgentTLS, AgentWebSocket, FileOrPem, ServerTLS
+from fluidity.errors import TunnelUnavailable
 from fluidity.server import Server
 from harness import Process, make_agent_config, make_server_config, server_yaml, start_process
 from secpki import SecurityPKI, client_context, make_security_pki, probe
+
+FAILURES = "fluidity_handshake_failures_total"
 
 WAIT = 10.0
 
@@ -80,14 +83,16 @@ async def running(spki: SecurityPKI, **tls_changes: object) -> AsyncIterator[Ser
 
 
 @contextlib.asynccontextmanager
-async def agent_of(spki: SecurityPKI, server: Server, name: str) -> AsyncIterator[Agent]:
+async def agent_of(
+    spki: SecurityPKI, server: Server, name: str, **changes: object
+) -> AsyncIterator[Agent]:
     assert server.address is not None
     tls = AgentTLS(
         ca=FileOrPem.from_path(spki.ca),
         cert=FileOrPem.from_path(spki.cert(name)),
         key=FileOrPem.from_path(spki.key(name)),
     )
-    agent = Agent(make_agent_config(spki.quickstart(), server.address[1], tls=tls))
+    agent = Agent(make_agent_config(spki.quickstart(), server.address[1], tls=tls, **changes))
     await agent.start()
     try:
         await agent.keeper.wait_ready(within=WAIT)
@@ -281,6 +286,35 @@ async def test_a_reloaded_crl_refuses_the_revoked_client_and_ends_its_live_tunne
         r.getMessage() for r in caplog.records if "its certificate is revoked" in r.getMessage()
     ]
     assert len(closing) == 1 and closing[0].startswith("closing the tunnel of bob@")
+
+
+async def test_a_reload_reaches_the_websocket_transport_and_ends_a_revoked_tunnel_there(
+    spki: SecurityPKI,
+) -> None:
+    # The WebSocket transport's inner mTLS uses the reloaded context too: bob's tunnel
+    # over it ends when a reload revokes him, and his next attempt is refused inside.
+    crl = certs.refresh_crl(spki.directory)
+    websocket = {"transport": "websocket", "websocket": AgentWebSocket()}
+    async with (
+        running(spki, crl=FileOrPem.from_path(crl)) as server,
+        agent_of(spki, server, "alice", **websocket) as good,
+        agent_of(spki, server, "bob", **websocket) as bad,
+    ):
+        before = server.contexts
+        good_conn, bad_conn = good.keeper.connection, bad.keeper.connection
+        assert good_conn is not None and bad_conn is not None
+        assert bad.keeper.transport == "websocket"
+        certs.revoke(spki.directory, "bob")
+        assert server.tls.poll()
+        assert server.contexts.inner is not before.inner
+        assert server.contexts.main is not before.main
+        await asyncio.wait_for(asyncio.shield(bad_conn.closed), WAIT)
+        assert good.keeper.connection is good_conn and good_conn.is_usable
+        with contextlib.suppress(TunnelUnavailable):
+            await bad.keeper.wait_ready(within=1.0)
+        assert bad.keeper.connection is None, "a revoked client gets no new tunnel"
+        refused = server.metrics.value(FAILURES, {"reason": "certificate_revoked"})
+    assert refused >= 1
 
 
 # -- SIGHUP, in the real program under uvloop ------------------------------------------------

@@ -21,14 +21,24 @@ import pytest
 from fluidity import cli
 from fluidity.agent import Agent
 from fluidity.agent.keeper import TunnelState
-from fluidity.config import AgentConfig, AgentTLS, ClientsConfig, FileOrPem, ServerTLS
+from fluidity.config import (
+    AgentConfig,
+    AgentTLS,
+    AgentWebSocket,
+    ClientsConfig,
+    FileOrPem,
+    ServerTLS,
+    ServerWebSocket,
+)
 from fluidity.errors import TunnelUnavailable
 from fluidity.server import Server
 from fluidity.tls import agent_context, server_context
 from harness import Process, make_agent_config, make_server_config, server_yaml, start_process
 from secpki import SecurityPKI, client_context, make_security_pki, probe
+from transfers import wait_for
 
 WAIT = 10.0
+FAILURES = "fluidity_handshake_failures_total"
 
 
 @pytest.fixture(scope="module")
@@ -132,16 +142,32 @@ async def test_a_revoked_certificate_is_refused_and_the_others_still_get_in(
     assert "certificate revoked" in line.getMessage()
 
 
-async def test_a_tls_1_2_client_is_refused(
+async def test_a_tls_1_2_client_is_refused_at_the_handshake_on_a_direct_only_port(
     spki: SecurityPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fluidity")
     context = client_context(spki.ca, spki.cert("alice"), spki.key("alice"), tls12_only=True)
-    async with running(spki) as server:
+    async with running(spki, websocket=ServerWebSocket(enabled=False)) as server:
         seen = await probe(port(server), context)
     assert not seen.accepted and not seen.handshake_done
     (line,) = handshake_lines(caplog)
     assert "does not speak TLS 1.3" in line.getMessage()
+
+
+async def test_a_tls_1_2_client_asking_for_h2_gets_no_tunnel_where_websockets_are_accepted(
+    spki: SecurityPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The WebSocket transport's outer layer may be TLS 1.2 (an inspecting proxy's), so
+    # the handshake completes; the direct transport (h2) is refused right after it and
+    # counted and logged as the failed handshake it is.
+    caplog.set_level(logging.INFO, logger="fluidity")
+    context = client_context(spki.ca, spki.cert("alice"), spki.key("alice"), tls12_only=True)
+    async with running(spki) as server:
+        seen = await probe(port(server), context)
+    assert not seen.accepted, seen.detail
+    assert server.acceptor.handshakes_failed == 1 and server.acceptor.handshakes_ok == 0
+    (line,) = handshake_lines(caplog)
+    assert "TLSv1.2 with h2: the direct transport requires TLS 1.3" in line.getMessage()
 
 
 async def test_no_session_ticket_is_issued_so_no_handshake_skips_verification(
@@ -175,6 +201,11 @@ async def agent_outcome(config: AgentConfig) -> tuple[TunnelState, str]:
     try:
         with contextlib.suppress(TunnelUnavailable):
             await agent.keeper.wait_ready(within=3.0)
+        # A first attempt may still be under way on a busy machine: wait for its outcome.
+        keeper = agent.keeper
+        await wait_for(
+            lambda: keeper.state is TunnelState.CONNECTED or bool(keeper.last_error), within=10
+        )
         return agent.keeper.state, agent.keeper.last_error
     finally:
         await agent.shutdown(drain_timeout=0.5)
@@ -275,6 +306,24 @@ async def test_clients_allow_admits_matching_names_and_refuses_the_rest(
     assert len(refusals) >= 2  # the probe, then each try of the agent
     assert "CN=bob" in refusals[0] and "matches no clients.allow entry" in refusals[0]
     assert bob_agent is TunnelState.AUTH_FAILED and "authentication failed" in error
+
+
+async def test_clients_allow_applies_to_the_websocket_transport_too(
+    spki: SecurityPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The identity is checked on the tunnel connection, after the inner mTLS handshake.
+    caplog.set_level(logging.INFO, logger="fluidity")
+    websocket: dict[str, object] = {"transport": "websocket", "websocket": AgentWebSocket()}
+    async with running(spki, clients=ClientsConfig(allow=("ali*",))) as server:
+        alice, _ = await agent_outcome(agent_config(spki, server, "alice", **websocket))
+        bob, error = await agent_outcome(agent_config(spki, server, "bob", **websocket))
+        tunnels = server.metrics.value("fluidity_tunnel_connections_total")
+        not_allowed = server.metrics.value(FAILURES, {"reason": "certificate_not_allowed"})
+    assert alice is TunnelState.CONNECTED
+    assert bob is not TunnelState.CONNECTED, error
+    assert tunnels == 1 and not_allowed >= 1
+    refusals = [r.getMessage() for r in caplog.records if "refusing agent" in r.getMessage()]
+    assert refusals and "CN=bob" in refusals[0] and "matches no clients.allow entry" in refusals[0]
 
 
 async def test_clients_allow_matches_dns_names_without_regard_to_case(spki: SecurityPKI) -> None:

@@ -134,7 +134,7 @@ async def test_an_accepted_socket_the_loop_took_is_left_to_the_loop() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
         accepted = AcceptedSocket(ours, asyncio.Protocol)
-        assert isinstance(accepted.protocol(), asyncio.Protocol)
+        assert isinstance(accepted.protocol(), asyncio.BaseProtocol)
         task = asyncio.get_running_loop().create_task(asyncio.sleep(0))
         await asyncio.wait_for(task, 5.0)
         accepted.release(task)

@@ -119,6 +119,16 @@ TRIM = (
     f"{SITE}/*.dist-info/RECORD",  # lists hashes of files trimmed or compiled here
     f"{SITE}/*.dist-info/direct_url.json",  # names the build directory
     f"{SITE}/bin",
+    # cryptography's compiled module loads only _cffi_backend at run time; the
+    # cffi package and its C parser exist to build bindings, which never happens here.
+    f"{SITE}/cffi",
+    f"{SITE}/pycparser",
+    # Fluidity uses websockets' sans-I/O protocol only (protocol/wschannel.py); its
+    # asyncio, threading, trio and legacy front ends are never imported.
+    f"{SITE}/websockets/legacy",
+    f"{SITE}/websockets/sync",
+    f"{SITE}/websockets/asyncio",
+    f"{SITE}/websockets/trio",
 )
 
 # Inside any package directory: test suites and type stubs are not run.

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fluidity.errors import CertificateError
+from fluidity.keyfiles import check_private_key_file
 
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
@@ -227,25 +228,6 @@ def revoked_serials(pem: bytes, where: str = "the CRL") -> frozenset[int]:
     except ValueError as exc:
         raise CertificateError(f"{where} is not a PEM CRL ({exc}): fix or remove it") from exc
     return frozenset(entry.serial_number for entry in crl)
-
-
-def check_private_key_file(path: Path) -> None:
-    """Raise CertificateError unless ``path`` is a private key only its owner can use.
-
-    On POSIX the file must exist and have no group or other permission bits
-    (mode 0600 or stricter). On Windows, where modes mean little, only existence
-    is checked.
-    """
-    try:
-        mode = path.stat().st_mode & 0o777  # windows: read, but only judged on POSIX below
-    except OSError as exc:
-        raise CertificateError(f"cannot read private key {path}: {exc.strerror}") from exc
-    if os.name == "nt" or not mode & 0o077:
-        return
-    what = "readable" if mode & 0o044 else "writable" if mode & 0o022 else "accessible"
-    raise CertificateError(
-        f"private key {path} (mode {mode:04o}) is {what} by others; run: chmod 600 {path}"
-    )
 
 
 def ensure_quickstart_pki(directory: Path) -> QuickstartPKI:

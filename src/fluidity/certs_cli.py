@@ -16,9 +16,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fluidity import certs
 from fluidity.errors import CertificateError
+
+if TYPE_CHECKING:
+    from fluidity import certs
 
 DIR_ENV = "FLUIDITY_CERTS_DIR"
 EXIT_OK = 0
@@ -89,6 +92,8 @@ def _status(info: certs.CertInfo, now: dt.datetime) -> str:
 
 
 def _run_init(args: argparse.Namespace) -> int:
+    from fluidity import certs  # imported on use: the server and agent never need it
+
     files = certs.init_ca(args.dir, force=args.force)
     print("created the CA:")
     print(f"  certificate: {files.cert} (give it to servers and agents)")
@@ -97,6 +102,8 @@ def _run_init(args: argparse.Namespace) -> int:
 
 
 def _run_server(args: argparse.Namespace) -> int:
+    from fluidity import certs
+
     files = certs.issue_server(
         args.dir, args.name, dns=args.dns, ips=args.ip, force=args.force, days=args.days
     )
@@ -105,12 +112,16 @@ def _run_server(args: argparse.Namespace) -> int:
 
 
 def _run_client(args: argparse.Namespace) -> int:
+    from fluidity import certs
+
     files = certs.issue_client(args.dir, args.name, force=args.force, days=args.days)
     _print_issued("client", files)
     return EXIT_OK
 
 
 def _run_list(args: argparse.Namespace) -> int:
+    from fluidity import certs
+
     infos = certs.list_certificates(args.dir)
     if not infos:
         print(f"no certificates in {args.dir}")
@@ -120,12 +131,16 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _run_revoke(args: argparse.Namespace) -> int:
+    from fluidity import certs
+
     crl = certs.revoke(args.dir, args.name)
     print(f"revoked {args.name}; updated {crl} (valid 30 days): reload it on the servers")
     return EXIT_OK
 
 
 def _run_crl(args: argparse.Namespace) -> int:
+    from fluidity import certs
+
     crl = certs.refresh_crl(args.dir)
     print(f"wrote {crl} (valid 30 days): reload it on the servers")
     return EXIT_OK

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run the agent (the local proxy on your laptop)")
     _add_common(agent)
     agent.add_argument("--server", help="override the server address (host:port)")
+    agent.add_argument(
+        "--transport",
+        choices=["direct", "websocket", "auto"],
+        help="override transport: direct mTLS, mTLS inside a WebSocket, or auto-detect",
+    )
     agent.set_defaults(func=_cmd_agent)
 
     quick = sub.add_parser(
@@ -185,7 +190,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from fluidity.config import load_agent_config
 
     config = load_agent_config(
-        args.config, overrides=_overrides(args, "listen", "server", "log_level", "log_format")
+        args.config,
+        overrides=_overrides(args, "listen", "server", "transport", "log_level", "log_format"),
     )
     runtime.setup_logging(config.log_level, config.log_format)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ from fluidity.upstream import UpstreamProxyConfig
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+TransportKind = Literal["direct", "websocket", "auto"]
+DEFAULT_WEBSOCKET_PATH = "/fluidity"
 _PORT = {"min": 1, "max": 65535}
 
 
@@ -156,6 +159,63 @@ class FileOrPem:
             raise ConfigError(f"{self.describe}: cannot read: {exc.strerror}") from None
 
 
+@dataclass(frozen=True)
+class WebSocketEndpoint:
+    """Where the agent opens the WebSocket transport: ``wss://host[:port]/path``.
+
+    ``host`` is dialled; ``name`` is what the outer TLS layer verifies and what the
+    ``Host`` header says (the same unless derived from ``server`` and ``server_name``).
+    ``ws://`` (no outer TLS) exists for a load balancer's plain listener in tests;
+    the inner TLS authenticates and encrypts either way.
+    """
+
+    secure: bool
+    host: str
+    port: int
+    path: str = DEFAULT_WEBSOCKET_PATH
+    name: str = ""
+    config_expected: ClassVar[str] = "a URL like wss://tunnel.example.com/fluidity"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.host)
+
+    @classmethod
+    def parse(cls, text: str) -> WebSocketEndpoint:
+        """Parse ``wss://host[:port]/path`` (or ``ws://``); ``ConfigError`` if malformed."""
+        bad = f"expected {cls.config_expected}, got {text!r}"
+        parsed = urllib.parse.urlsplit(text)
+        if parsed.scheme not in ("wss", "ws") or not parsed.hostname:
+            raise ConfigError(bad)
+        if parsed.username or parsed.query or parsed.fragment:
+            raise ConfigError(f"{bad}: no credentials, query or fragment")
+        try:
+            port = parsed.port
+        except ValueError:
+            raise ConfigError(f"{bad}: the port is not a number from 1 to 65535") from None
+        secure = parsed.scheme == "wss"
+        default_port = 443 if secure else 80
+        return cls(secure, parsed.hostname, port or default_port, parsed.path or "/")
+
+    @classmethod
+    def from_config(cls, value: object, *, key: str, base_dir: Path) -> WebSocketEndpoint:
+        """The loader's hook (see ``fluidity.configload.ConfigValue``)."""
+        if not isinstance(value, str):
+            raise ConfigError(f"expected {cls.config_expected}, got {value!r}")
+        return cls.parse(value)
+
+    def __str__(self) -> str:
+        scheme = "wss" if self.secure else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}{self.path}"
+
+
+def _check_ws_path(path: str) -> str | None:
+    if not path.startswith("/") or any(c.isspace() or c in "?#" for c in path):
+        return f"expected a URL path like {DEFAULT_WEBSOCKET_PATH}, got {path!r}"
+    return None
+
+
 def _check_order(low_name: str, low: float, high_name: str, high: float) -> None:
     if high < low:
         raise ConfigError(
@@ -230,6 +290,31 @@ class LimitsConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServerWebSocket(Section):
+    """The WebSocket transport, for agents behind TLS-inspecting proxies.
+
+    With ``enabled`` the main listener accepts it next to the direct transport
+    (told apart by ALPN). ``listen`` adds a listener for it alone: TLS with
+    ``cert``/``key`` (a publicly trusted certificate), plain HTTP without them
+    (behind a TLS-terminating load balancer). ``cert``/``key`` without ``listen``
+    are presented on the main listener to clients asking for one of their names (SNI).
+    """
+
+    enabled: bool = True
+    path: str = field(default=DEFAULT_WEBSOCKET_PATH, metadata={"check": _check_ws_path})
+    listen: Address | None = None
+    cert: FileOrPem | None = None
+    key: FileOrPem | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("set both cert and key, or neither")
+        if not self.enabled and (self.listen is not None or self.cert is not None):
+            raise ConfigError("enabled is false but listen or cert is set; remove one")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig(Section):
     """Everything ``fluidity server`` needs; see docs/configuration.md for each key."""
 
@@ -240,6 +325,7 @@ class ServerConfig(Section):
     dial: DialConfig = DialConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     limits: LimitsConfig = LimitsConfig()
+    websocket: ServerWebSocket = ServerWebSocket()
     keepalive_interval: float = field(default=15.0, metadata={"positive": True})
     keepalive_timeout: float = field(default=10.0, metadata={"positive": True})
     drain_timeout: float = field(default=20.0, metadata={"non_negative": True})
@@ -259,6 +345,16 @@ class AgentTLS(Section):
     ca: FileOrPem
     cert: FileOrPem
     key: FileOrPem
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentWebSocket(Section):
+    """The agent's WebSocket transport: where to open it, what its outer TLS layer
+    trusts besides the system store and ``tls.ca``, and how often to ping."""
+
+    url: WebSocketEndpoint | None = None
+    outer_ca: FileOrPem | None = None
+    ping_interval: float = field(default=10.0, metadata={"non_negative": True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,6 +405,8 @@ class AgentConfig(Section):
     server: Address
     server_name: str | None = None
     tls: AgentTLS
+    transport: TransportKind = "direct"
+    websocket: AgentWebSocket = AgentWebSocket()
     keepalive_interval: float = field(default=15.0, metadata={"positive": True})
     keepalive_timeout: float = field(default=10.0, metadata={"positive": True})
     reconnect: ReconnectConfig = ReconnectConfig()

@@ -16,6 +16,15 @@ transport reports to its protocol. Backpressure runs both ways:
 * ``acknowledge`` hands flow-control window back to the peer; a handler that
   cannot pass bytes on (its own transport is paused) acknowledges later, and
   the peer stops after one window.
+
+Liveness, on both sides: after ``keepalive_interval`` seconds without a byte
+from the peer an HTTP/2 PING goes out, and a PING unanswered for
+``keepalive_timeout`` seconds declares the connection dead: every stream fails
+at once and the transport is dropped, so a blackholed path is noticed within
+``keepalive_interval + keepalive_timeout``. Optionally, a stream with no bytes
+either way for ``stream_idle_timeout`` seconds is reset (one sweep timer per
+connection, every quarter timeout, so a silent stream goes between 1 and 1.25
+timeouts).
 """
 
 from __future__ import annotations
@@ -24,13 +33,14 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from h2.errors import ErrorCodes
 
-from fluidity.errors import StreamError, StreamRefused, TunnelClosed
+from fluidity.errors import StreamError, StreamRefused, StreamUnprocessed, TunnelClosed
 from fluidity.protocol.events import (
     ConnectionTerminated,
     DataReceived,
@@ -97,8 +107,12 @@ class TunnelStream:
 
     @property
     def tunnel_alive(self) -> bool:
-        """False once the tunnel connection carrying this stream is gone."""
-        return self._conn.is_usable
+        """False once the tunnel connection carrying this stream has failed.
+
+        A handler told ``stream_reset`` reads it to tell the stream's own reset
+        (by the peer, or idle) from the loss of the whole tunnel.
+        """
+        return not self._conn.failed
 
 
 class _PendingOpen:
@@ -114,8 +128,21 @@ class _PendingOpen:
 StreamRequestCallback = Callable[["TunnelConnection", int, str], None]
 
 
-class TunnelConnection(asyncio.Protocol):
-    """Drives one tunnel connection (agent or server side) over a TLS transport."""
+# Decrypted bytes land here (see ``get_buffer``); uvloop's TLS layer reads at most
+# 256 KiB at a time.
+READ_BUFFER = 256 * 1024
+
+
+class TunnelConnection(asyncio.BufferedProtocol):
+    """Drives one tunnel connection (agent or server side) over a TLS transport.
+
+    A buffered protocol: the TLS layer decrypts straight into one buffer owned
+    by the connection, which h2 copies from. With ``data_received`` alone,
+    uvloop allocates a fresh 256 KiB ``bytes`` for every TLS read (an mmap,
+    its page faults, a shrinking mremap, an munmap) and joins several of them
+    with one more copy: measurable on every new tunnel and most of a bulk
+    transfer's allocation cost.
+    """
 
     def __init__(
         self,
@@ -124,6 +151,7 @@ class TunnelConnection(asyncio.Protocol):
         keepalive_interval: float = 15.0,
         keepalive_timeout: float = 10.0,
         max_streams: int = 1000,
+        stream_idle_timeout: float = 0.0,
         on_stream_request: StreamRequestCallback | None = None,
         peer_name: str = "peer",
     ) -> None:
@@ -138,6 +166,10 @@ class TunnelConnection(asyncio.Protocol):
         self._keepalive_timeout = keepalive_timeout
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_deadline: asyncio.TimerHandle | None = None
+        self._idle_timeout = stream_idle_timeout
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._stream_seen: dict[int, float] = {}  # last byte either way, per stream
+        self.failed = False  # every stream has been failed: the connection is gone
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[str] = self._loop.create_future()
@@ -146,7 +178,9 @@ class TunnelConnection(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.goaway_received = False
+        self.goaway: ConnectionTerminated | None = None  # the peer's GOAWAY, if it sent one
         self.ready: asyncio.Future[None] = self._loop.create_future()
+        self._read_view = memoryview(bytearray(READ_BUFFER))
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -156,8 +190,16 @@ class TunnelConnection(asyncio.Protocol):
         self._core.initiate()
         self._flush()
         self._schedule_ping()
+        self._schedule_idle_sweep()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # h2 copies what it is given, so the buffer is free again on return.
+        self.data_received(self._read_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self._last_received = self._loop.time()
         if not self.ready.done():
             self.ready.set_result(None)  # the peer spoke: it accepted our certificate
@@ -177,6 +219,8 @@ class TunnelConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"connection to {self.peer_name} lost: {exc}" if exc else "connection closed"
+        if self.goaway is not None and self.goaway.reason:
+            reason = f"{self.peer_name} closed the connection: {self.goaway.reason}"
         self._cancel_timers()
         self._fail_all(reason)
         if not self.ready.done():
@@ -200,9 +244,15 @@ class TunnelConnection(asyncio.Protocol):
         return (
             self._transport is not None
             and not self._transport.is_closing()
+            and not self.failed
             and not self.goaway_received
             and self._core.is_open
         )
+
+    @property
+    def refused_by_peer(self) -> bool:
+        """The peer ended the connection with an error GOAWAY: it turned us away."""
+        return self.goaway is not None and self.goaway.error_code != ErrorCodes.NO_ERROR
 
     @property
     def peer_address(self) -> tuple[str, int] | None:
@@ -241,6 +291,7 @@ class TunnelConnection(asyncio.Protocol):
         """Server: the target is connected; answer 200 and start carrying bytes."""
         self._core.accept_stream(stream_id)
         self._streams[stream_id] = handler
+        self._saw_traffic(stream_id)
         self._schedule_flush()
         return TunnelStream(self, stream_id, handler)
 
@@ -253,9 +304,14 @@ class TunnelConnection(asyncio.Protocol):
         """Begin a drain: new CONNECTs are refused, open streams carry on."""
         self._core.refuse_new_streams()
 
-    def close(self, reason: str = "") -> None:
-        """GOAWAY, then close the transport once written."""
-        self._core.close(reason=reason)
+    def close(self, reason: str = "", *, refused: bool = False) -> None:
+        """GOAWAY (with ``reason`` as its debug data), then close the transport once written.
+
+        A clean end (NO_ERROR) by default; ``refused`` sends ENHANCE_YOUR_CALM, which
+        tells the peer it was turned away (too many tunnels) and should back off.
+        """
+        code = ErrorCodes.ENHANCE_YOUR_CALM if refused else ErrorCodes.NO_ERROR
+        self._core.close(code, reason=reason)
         self._flush()
         self._close_transport()
 
@@ -303,6 +359,7 @@ class TunnelConnection(asyncio.Protocol):
 
     def _send(self, stream_id: int, data: bytes) -> bool:
         self.bytes_out += len(data)
+        self._saw_traffic(stream_id)
         try:
             ok = self._core.send(stream_id, data)
         except StreamError:
@@ -356,6 +413,7 @@ class TunnelConnection(asyncio.Protocol):
         match event:
             case DataReceived(stream_id, data):
                 self.bytes_in += len(data)
+                self._saw_traffic(stream_id)
                 handler = self._streams.get(stream_id)
                 if handler is not None:
                     handler.stream_data(data)
@@ -383,6 +441,7 @@ class TunnelConnection(asyncio.Protocol):
                 self._on_ping_ack()
             case ConnectionTerminated(code, _, reason):
                 self.goaway_received = True
+                self.goaway = event
                 log.debug("%s sent GOAWAY (code %d): %s", self.peer_name, code, reason)
                 if self.active_streams == 0:
                     self._close_transport()
@@ -397,6 +456,7 @@ class TunnelConnection(asyncio.Protocol):
         self.last_activity = time.time()
         if error is None:
             self._streams[stream_id] = pending.handler
+            self._saw_traffic(stream_id)
             pending.future.set_result(None)
         else:
             pending.future.set_exception(error)
@@ -404,13 +464,19 @@ class TunnelConnection(asyncio.Protocol):
     def _on_reset(self, stream_id: int, code: int) -> None:
         pending = self._opening.pop(stream_id, None)
         if pending is not None and not pending.future.done():
-            why = "refused: the server is draining" if code == ErrorCodes.REFUSED_STREAM else ""
-            pending.future.set_exception(StreamError(f"stream reset by server {why}".strip()))
+            if code == ErrorCodes.REFUSED_STREAM:
+                error: StreamError = StreamUnprocessed(
+                    f"{self.peer_name} refused the stream unprocessed: it is draining"
+                )
+            else:
+                error = StreamError(f"stream reset by {self.peer_name} (code {code})")
+            pending.future.set_exception(error)
         handler = self._streams.pop(stream_id, None)
         if handler is not None:
             handler.stream_reset(f"stream reset by {self.peer_name} (code {code})")
 
     def _fail_all(self, reason: str) -> None:
+        self.failed = True  # first: handlers read it (TunnelStream.tunnel_alive)
         opening, self._opening = self._opening, {}
         for pending in opening.values():
             if not pending.future.done():
@@ -465,21 +531,81 @@ class TunnelConnection(asyncio.Protocol):
         self.close_now(f"keepalive timeout: {self.peer_name} did not answer a PING")
 
     def _cancel_timers(self) -> None:
-        for timer in (self._ping_timer, self._ping_deadline):
+        for timer in (self._ping_timer, self._ping_deadline, self._idle_timer):
             if timer is not None:
                 timer.cancel()
+
+    # -- idle streams ---------------------------------------------------------
+
+    def _saw_traffic(self, stream_id: int) -> None:
+        if self._idle_timeout > 0:
+            self._stream_seen[stream_id] = self._loop.time()
+
+    def _schedule_idle_sweep(self) -> None:
+        if self._idle_timeout > 0:
+            self._idle_timer = self._loop.call_later(self._idle_timeout / 4, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        """Reset every stream silent for ``stream_idle_timeout``; forget finished ones."""
+        now = self._loop.time()
+        for stream_id, seen in list(self._stream_seen.items()):
+            handler = self._streams.get(stream_id)
+            if handler is None:
+                del self._stream_seen[stream_id]
+            elif now - seen >= self._idle_timeout:
+                del self._stream_seen[stream_id]
+                self._reset(stream_id)
+                log.info(
+                    "%s: stream %d idle for %g s: closed (stream_idle_timeout)",
+                    self.peer_name,
+                    stream_id,
+                    self._idle_timeout,
+                )
+                handler.stream_reset(
+                    f"no bytes either way for {self._idle_timeout:g} s (stream_idle_timeout)"
+                )
+        self._schedule_idle_sweep()
+
+
+def reset_transport(transport: asyncio.BaseTransport) -> None:
+    """Abort ``transport`` so the peer sees a TCP reset (RST), not an orderly end (FIN).
+
+    ``abort()`` alone closes the socket, and the kernel then sends FIN unless
+    unread bytes remain: a cut close-delimited body or CONNECT stream would look
+    complete. SO_LINGER with a zero timeout makes the close a reset.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # not a TCP socket, or already closed: abort is all there is
+    cast(asyncio.Transport, transport).abort()
 
 
 def set_tcp_keepalive(transport: asyncio.BaseTransport, idle: int = 30) -> None:
     """TCP keepalive and no Nagle delay on the transport's socket, where supported."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
+    found = _family_and_fileno(transport)
+    if found is None:
+        return  # not a TCP socket (tests over socketpair): nothing to tune
+    # One plain socket object for all the options: uvloop's transport socket
+    # builds a throwaway socket (and its syscalls) for every setsockopt call,
+    # which tripled the syscalls of opening a tunnel. Family and type are
+    # given, so the constructor asks the kernel nothing.
+    family, fd = found
+    sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+    try:
+        _set_keepalive_options(sock, idle)
+    finally:
+        sock.detach()  # the transport owns the descriptor
+
+
+def _set_keepalive_options(sock: socket.socket, idle: int) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
-        return  # not a TCP socket (tests over socketpair): nothing to tune
+        return  # the socket is gone already: nothing to tune
     # windows: each probe option exists on some systems only (Windows 10 1709+ has
     # all three, older Windows and some BSDs lack some): set each one that exists.
     for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
@@ -487,3 +613,11 @@ def set_tcp_keepalive(transport: asyncio.BaseTransport, idle: int = 30) -> None:
         if option is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def _family_and_fileno(transport: asyncio.BaseTransport) -> tuple[int, int] | None:
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    fd: int = sock.fileno()
+    return (int(sock.family), fd) if fd >= 0 else None

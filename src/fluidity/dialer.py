@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any
 
 from fluidity.errors import (
     CircuitOpen,
@@ -24,12 +25,14 @@ from fluidity.errors import (
     ResolveError,
     TargetError,
 )
-from fluidity.protocol.policy import TargetPolicy, parse_authority, parse_ip_literal
+from fluidity.protocol.policy import TargetPolicy, Verdict, parse_authority, parse_ip_literal
 from fluidity.protocol.retry import Backoff, CircuitBreaker
 
 log = logging.getLogger(__name__)
 
 IPAddress = IPv4Address | IPv6Address
+_Filtered = tuple[tuple[IPAddress, ...], Verdict]
+MEMO_SIZE = 4096
 ProtocolFactory = Callable[[], asyncio.Protocol]
 # The two system calls the dialer makes, as seams: tests record them (and prove
 # that a refused target reaches neither); production uses the event loop's.
@@ -65,6 +68,12 @@ class Dialer:
         self.settings = settings
         self.breaker = breaker
         self._clock = clock
+        # The policy is immutable and its checks are pure, so their answers are
+        # kept: judging a target (name spellings, every deny/allow network) cost
+        # tens of microseconds on the path of every new tunnel. Bounded: cleared
+        # when full.
+        self._verdicts: dict[tuple[str, int], Verdict] = {}
+        self._filtered: dict[tuple[str, int, tuple[IPAddress, ...]], _Filtered] = {}
         self._resolver = resolver or system_resolve
         self._opener = opener or tcp_open
 
@@ -76,14 +85,14 @@ class Dialer:
             host, port = parse_authority(authority)
         except ValueError as exc:
             raise PolicyRefused(f"bad target {authority!r}: {exc}") from exc
-        verdict = self.policy.check_request(host, port)
+        verdict = self._check_request(host, port)
         if not verdict.allowed:
             raise PolicyRefused(f"{host}:{port} refused by policy: {verdict.reason}")
         key = f"{host}:{port}"
         if not self.breaker.allow(key, self._clock()):
             raise CircuitOpen(f"circuit open for {key}: it failed repeatedly; retrying later")
         addresses = await self._resolve(host, port)
-        allowed, verdict = self.policy.filter_addresses(host, port, addresses)
+        allowed, verdict = self._filter_addresses(host, port, addresses)
         if not allowed:
             raise PolicyRefused(f"{host}:{port} refused by policy: {verdict.reason}")
         try:
@@ -92,10 +101,29 @@ class Dialer:
             self.breaker.record_failure(key, self._clock())
             raise
         except BaseException:
-            self.breaker.record_success(key)  # cancelled: neither verdict; free the probe
+            self.breaker.release(key)  # cancelled: neither verdict; free the probe
             raise
         self.breaker.record_success(key)
         return result
+
+    def _check_request(self, host: str, port: int) -> Verdict:
+        key = (host, port)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self.policy.check_request(host, port)
+            _remember(self._verdicts, key, verdict)
+        return verdict
+
+    def _filter_addresses(
+        self, host: str, port: int, addresses: list[IPAddress]
+    ) -> tuple[list[IPAddress], Verdict]:
+        key = (host, port, tuple(addresses))
+        known = self._filtered.get(key)
+        if known is None:
+            allowed, verdict = self.policy.filter_addresses(host, port, addresses)
+            known = (tuple(allowed), verdict)
+            _remember(self._filtered, key, known)
+        return list(known[0]), known[1]
 
     async def _resolve(self, host: str, port: int) -> list[IPAddress]:
         literal = parse_ip_literal(host)
@@ -115,10 +143,13 @@ class Dialer:
     async def _connect_with_retries(
         self, host: str, port: int, addresses: list[IPAddress], factory: ProtocolFactory
     ) -> tuple[asyncio.Transport, asyncio.Protocol]:
-        backoff = Backoff(self.settings.backoff_initial, self.settings.backoff_max, jitter=False)
+        backoff: Backoff | None = None  # made on the first retry: it seeds an RNG
         last: TargetError | None = None
         for attempt in range(self.settings.attempts):
             if attempt:
+                backoff = backoff or Backoff(
+                    self.settings.backoff_initial, self.settings.backoff_max, jitter=False
+                )
                 await asyncio.sleep(backoff.next_delay())
             for address in addresses:
                 try:
@@ -127,7 +158,9 @@ class Dialer:
                     last = exc
                     log.debug("dial %s:%s via %s failed: %s", host, port, address, exc)
         assert last is not None
-        raise type(last)(f"{host}:{port}: {last} (after {self.settings.attempts} attempts)")
+        attempts = self.settings.attempts
+        tries = f"{attempts} attempt" if attempts == 1 else f"{attempts} attempts"
+        raise type(last)(f"{host}:{port}: {last} (after {tries})")
 
     async def _connect(
         self, address: IPAddress, port: int, factory: ProtocolFactory
@@ -144,6 +177,12 @@ class Dialer:
         except OSError as exc:
             raise DialRefused(f"cannot connect to {address}: {exc.strerror or exc}") from exc
         return transport, protocol
+
+
+def _remember(memo: dict[Any, Any], key: object, value: object) -> None:
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
 
 
 async def system_resolve(host: str, port: int) -> list[IPAddress]:

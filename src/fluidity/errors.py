@@ -10,12 +10,16 @@ I/O boundary and nowhere else::
     ├── TunnelError            the agent-server connection failed
     │   ├── TunnelUnavailable  no tunnel could be had in time
     │   ├── HandshakeError     TLS handshake failed or was refused
-    │   │   └── AuthenticationError  the server refused our client certificate
+    │   │   ├── AuthenticationError   the server refused our client certificate
+    │   │   ├── TLSInspectionDetected a middlebox answered with a certificate not from our CA
+    │   │   └── WebSocketRefused      the WebSocket upgrade was answered with an error status
     │   ├── PathError          no TCP path to a host: directly or through the corporate proxy
     │   │   └── UpstreamProxyError  the corporate proxy would not carry us (407, 403, ...)
     │   └── TunnelClosed       the connection ended (GOAWAY, EOF, reset, ping timeout)
     ├── StreamError            one proxied stream failed; the tunnel lives on
-    │   └── StreamRefused      the server answered the CONNECT with an error status
+    │   ├── StreamRefused      the server answered the CONNECT with an error status
+    │   ├── StreamUnprocessed  the server refused the stream unseen (draining): safe to retry
+    │   └── TooManyStreams     the tunnel is at the server's MAX_CONCURRENT_STREAMS (503)
     ├── TargetError            the server could not reach a target (has a status)
     │   ├── PolicyRefused      the target policy refused it (403)
     │   ├── ResolveError       the name did not resolve (502)
@@ -66,6 +70,38 @@ class AuthenticationError(HandshakeError):
         super().__init__(message, "certificate_refused")
 
 
+class TLSInspectionDetected(HandshakeError):
+    """The network answered the server's TLS handshake with a certificate our CA did not
+    issue: a TLS-inspecting proxy (Zscaler, Blue Coat, Palo Alto...) is in the way.
+
+    ``server`` is the name we asked for and ``issuer`` the issuer of what came back;
+    ``verify_message`` is OpenSSL's verdict on it, if known (a wrong ``tls.ca`` looks
+    the same from the agent, and the verdict helps tell the two apart).
+    """
+
+    def __init__(self, server: str, issuer: str, verify_message: str = "") -> None:
+        verdict = f" ({verify_message})" if verify_message else ""
+        super().__init__(
+            f"TLS inspection detected: the certificate for {server} was issued by {issuer}, "
+            f"not by your Fluidity CA{verdict}; set transport: websocket (or auto) in "
+            "agent.yaml to tunnel through it, and websocket.outer_ca to the proxy's CA if "
+            "the system does not already trust it (or, if no proxy inspects TLS here, check "
+            "that tls.ca is the CA that issued the server's certificate)",
+            "tls_inspection",
+        )
+        self.server = server
+        self.issuer = issuer
+
+
+class WebSocketRefused(HandshakeError):
+    """The server, a load balancer or a proxy answered the WebSocket upgrade with
+    ``status`` instead of 101."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, "websocket_refused")
+        self.status = status
+
+
 class PathError(TunnelError):
     """No TCP connection to a host could be opened, directly or through the corporate
     proxy; ``status`` is what a local client is answered when it waited for it (502,
@@ -96,6 +132,21 @@ class StreamRefused(StreamError):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+
+
+class StreamUnprocessed(StreamError):
+    """The server refused a new stream without processing it (RST_STREAM REFUSED_STREAM,
+    sent while it drains): nothing reached a target, so opening it again is safe."""
+
+
+class TooManyStreams(StreamError):
+    """The tunnel already carries the server's maximum of concurrent streams.
+
+    The server sets it (``limits.max_streams_per_tunnel``, sent as HTTP/2
+    MAX_CONCURRENT_STREAMS); the agent answers the client 503 until a stream ends.
+    """
+
+    status = 503
 
 
 class TargetError(FluidityError):

@@ -102,7 +102,7 @@ async def attach(streams: Streams, protocol: asyncio.Protocol) -> asyncio.Transp
 
 async def attach_tls(
     streams: Streams,
-    protocol: asyncio.Protocol,
+    protocol: asyncio.Protocol | asyncio.BufferedProtocol,
     context: ssl.SSLContext,
     *,
     server_hostname: str,
@@ -162,13 +162,32 @@ class _Holding(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost.append(exc)
 
-    def hand_over(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
+    def hand_over(
+        self, transport: asyncio.Transport, protocol: asyncio.Protocol | asyncio.BufferedProtocol
+    ) -> None:
         """Attach ``protocol`` and replay what was kept, in the order it came."""
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if self._data:
-            protocol.data_received(bytes(self._data))
+            _deliver(protocol, bytes(self._data))
         if self._eof:
             protocol.eof_received()
         for exc in self._lost:
             protocol.connection_lost(exc)
+
+
+def _deliver(protocol: asyncio.Protocol | asyncio.BufferedProtocol, data: bytes) -> None:
+    """Give ``data`` to ``protocol`` the way a transport would: ``data_received``, or
+    through the buffers of a buffered protocol (the tunnel connection is one)."""
+    if not isinstance(protocol, asyncio.BufferedProtocol):
+        protocol.data_received(data)
+        return
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(len(view)))
+        size = min(len(buffer), len(view))
+        if size == 0:
+            raise BufferError(f"{type(protocol).__name__}.get_buffer() returned no room")
+        buffer[:size] = view[:size]
+        protocol.buffer_updated(size)
+        view = view[size:]

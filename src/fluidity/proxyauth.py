@@ -32,9 +32,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import spnego
-import spnego.exceptions
-
 from fluidity.errors import UpstreamProxyError
 
 SCHEME_NAMES = {"negotiate": "Negotiate", "ntlm": "NTLM", "basic": "Basic"}
@@ -42,14 +39,24 @@ PREFERENCE = ("negotiate", "ntlm", "basic")
 # Legs after the first that one CONNECT may take; NTLM needs 1, Kerberos 0 or 1.
 MAX_LEGS = 4
 
-# What pyspnego raises when a context cannot be built or stepped: its own errors,
-# ImportError when GSSAPI is missing for Kerberos, ValueError for a bad token.
-_SPNEGO_ERRORS = (
-    spnego.exceptions.SpnegoError,
-    spnego.exceptions.FeatureMissingError,
-    ImportError,
-    ValueError,
-)
+
+def _spnego_errors() -> tuple[type[Exception], ...]:
+    """What pyspnego raises when a context cannot be built or stepped: its own errors,
+    ImportError when GSSAPI is missing for Kerberos, ValueError for a bad token.
+
+    pyspnego is imported on first need, like in ``spnego_context``: it loads the
+    ``cryptography`` bindings, about 15 MB of resident memory that an agent spends
+    only when a proxy asks for NTLM or Negotiate (an ``except`` clause evaluates
+    this only when an exception is on its way).
+    """
+    import spnego.exceptions
+
+    return (
+        spnego.exceptions.SpnegoError,
+        spnego.exceptions.FeatureMissingError,
+        ImportError,
+        ValueError,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,8 @@ def spnego_context(
     username: str | None, password: str | None, *, hostname: str, protocol: str
 ) -> AuthContext:
     """A pyspnego client context for the proxy's ``HTTP/hostname`` service."""
+    import spnego  # on first need: see _spnego_errors
+
     context: AuthContext = spnego.client(
         username, password, hostname=hostname, service="HTTP", protocol=protocol
     )
@@ -198,7 +207,7 @@ class ProxyAuthenticator:
             return
         try:
             self._context.step(final)
-        except _SPNEGO_ERRORS as exc:
+        except _spnego_errors() as exc:
             raise UpstreamProxyError(
                 f"proxy {self.proxy} accepted CONNECT but its {self._name} answer failed mutual "
                 f"authentication ({type(exc).__name__}): it may not be the proxy it claims"
@@ -231,7 +240,7 @@ class ProxyAuthenticator:
                 self._username, self._password, hostname=self._host, protocol=key
             )
             token = self._context.step(None)
-        except _SPNEGO_ERRORS as exc:
+        except _spnego_errors() as exc:
             self.scheme = self._context = None
             raise _CannotStart(self._cannot_start(key, exc)) from None
         if token is None:
@@ -269,7 +278,7 @@ class ProxyAuthenticator:
             raise UpstreamProxyError(self._refused(challenges))
         try:
             answer = context.step(token)
-        except _SPNEGO_ERRORS as exc:
+        except _spnego_errors() as exc:
             raise UpstreamProxyError(
                 f"{self._preamble(challenges)}; the {self._name} handshake failed "
                 f"({type(exc).__name__}: {exc})"

@@ -23,15 +23,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from fluidity.errors import CertificateError, ConfigError
 
 log = logging.getLogger(__name__)
 
 Signature = tuple[tuple[str | int, ...], ...]
+# What is rebuilt: one ``SSLContext``, or a set of them built together (the server's).
+ContextT = TypeVar("ContextT")
 
 
 def file_signature(paths: Sequence[Path]) -> Signature:
@@ -49,8 +51,9 @@ def file_signature(paths: Sequence[Path]) -> Signature:
     return tuple(parts)
 
 
-class ReloadableContext:
-    """The server's current ``SSLContext``, rebuilt from ``paths`` by ``build`` on demand.
+class ReloadableContext(Generic[ContextT]):
+    """The server's current ``SSLContext`` (or set of contexts, all swapped at once),
+    rebuilt from ``paths`` by ``build`` on demand.
 
     ``build`` must raise ``ConfigError`` or ``CertificateError`` (naming the file)
     when the material cannot be used; the first build's error propagates, so a
@@ -60,7 +63,7 @@ class ReloadableContext:
 
     def __init__(
         self,
-        build: Callable[[], ssl.SSLContext],
+        build: Callable[[], ContextT],
         paths: Sequence[Path],
         on_reloaded: Callable[[], None] | None = None,
     ) -> None:
@@ -73,7 +76,7 @@ class ReloadableContext:
         self.failures = 0
 
     @property
-    def current(self) -> ssl.SSLContext:
+    def current(self) -> ContextT:
         """The context the next handshake uses."""
         return self._current
 

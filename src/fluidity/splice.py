@@ -6,7 +6,8 @@ full the socket stops being read. Stream bytes go to the socket and are
 acknowledged to the tunnel only while the socket's own buffer has room, so a
 slow reader slows its sender through HTTP/2 flow control and nothing is held
 beyond one window. Half-closes pass through both ways; a reset or a lost
-socket aborts the other side, so a truncation is never disguised as an end.
+socket aborts the other side (a TCP reset towards the target, RST_STREAM
+towards the agent), so a truncation is never disguised as an end.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 from collections.abc import Callable
 from typing import cast
 
-from fluidity.connection import TunnelStream, set_tcp_keepalive
+from fluidity.connection import TunnelStream, reset_transport, set_tcp_keepalive
 
 
 class Splice(asyncio.Protocol):
@@ -106,7 +107,7 @@ class Splice(asyncio.Protocol):
     def stream_reset(self, reason: str) -> None:
         if self.transport is not None and not self._closed:
             self._closed = True
-            self.transport.abort()
+            reset_transport(self.transport)
             self._finish()
 
     def stream_drained(self) -> None:
@@ -120,7 +121,7 @@ class Splice(asyncio.Protocol):
         if self.stream is not None:
             self.stream.abort()
         if self.transport is not None:
-            self.transport.abort()
+            reset_transport(self.transport)
 
     def _maybe_close(self) -> None:
         if self._socket_eof and self._stream_eof and self.transport is not None:

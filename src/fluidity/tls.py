@@ -1,8 +1,14 @@
-"""The two TLS 1.3 contexts: the agent's (client) and the server's.
+"""The TLS contexts: the tunnel's two (agent, server) and the WebSocket transport's outer ones.
 
-Both refuse anything below TLS 1.3, both present a certificate from the
-private CA and verify the peer's against it, and both speak ALPN ``h2``.
-There is no switch to turn verification off.
+The tunnel's contexts refuse anything below TLS 1.3, both present a certificate
+from the private CA and verify the peer's against it, and both speak ALPN
+``h2``. There is no switch to turn verification off.
+
+The WebSocket transport wraps that same TLS 1.3 mutual authentication in an
+ordinary HTTPS connection (the *outer* layer) that a TLS-inspecting proxy may
+end and re-encrypt. The outer layer proves nothing the inner one relies on, so
+it accepts TLS 1.2 (older inspecting proxies) and verifies the usual way:
+system trust store, plus the private CA and any corporate CA the agent names.
 
 Certificate material comes as paths or as inline PEM (from environment
 variables in containers). ``ssl`` loads chains and CRLs only from files, so
@@ -15,14 +21,15 @@ import contextlib
 import os
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from fluidity.certs import check_private_key_file
 from fluidity.errors import CertificateError, ConfigError
+from fluidity.keyfiles import check_private_key_file
 
 ALPN = "h2"
+ALPN_HTTP1 = "http/1.1"
 
 
 class PemSource(Protocol):
@@ -60,6 +67,91 @@ def server_context(
     return context
 
 
+def listener_context(
+    ca: Source, cert: Source, key: Source, crl: Source | None = None, *, websocket: bool
+) -> ssl.SSLContext:
+    """The main listener's context: ``server_context``, or with ``websocket`` one that
+    also accepts the WebSocket transport on the same port.
+
+    ALPN tells the two apart, and the server checks the outcome per connection:
+    ``h2`` must be TLS 1.3 with a verified client certificate (so the certificate
+    becomes optional at the handshake and *required* by the server right after);
+    ``http/1.1`` (or no ALPN: some proxies send none) carries a WebSocket whose
+    binary messages hold the inner TLS 1.3 handshake, made with ``server_context``.
+    A presented certificate is always verified (and checked against the CRL).
+    """
+    context = server_context(ca, cert, key, crl)
+    if websocket:
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.set_alpn_protocols([ALPN, ALPN_HTTP1])
+    return context
+
+
+def websocket_context(cert: Source, key: Source) -> ssl.SSLContext:
+    """Outer server context for the WebSocket transport alone, with its own (typically
+    publicly trusted) certificate: TLS 1.2 or 1.3, ALPN ``http/1.1``, no client certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols([ALPN_HTTP1])
+    context.options |= ssl.OP_NO_COMPRESSION
+    _load_chain(context, cert, key)
+    return context
+
+
+def outer_agent_context(ca: Source, extra_ca: Source | None = None) -> ssl.SSLContext:
+    """The agent's outer context for the WebSocket transport: verifies the name against
+    the system trust store, the private CA ``ca`` and ``extra_ca`` (a corporate CA)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols([ALPN_HTTP1])
+    context.options |= ssl.OP_NO_COMPRESSION
+    context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    _load_verify(context, ca, "tls.ca")
+    if extra_ca is not None:
+        _load_verify(context, extra_ca, "websocket.outer_ca")
+    return context
+
+
+def present_by_name(context: ssl.SSLContext, other: ssl.SSLContext, names: Iterable[str]) -> None:
+    """Make ``context`` switch to ``other`` (certificate, ALPN, verification) for clients
+    whose SNI matches one of ``names`` (``*.example.com`` matches one label)."""
+    patterns = tuple(name.lower() for name in names)
+
+    def pick(sslobj: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        if server_name is not None and any(name_matches(p, server_name) for p in patterns):
+            sslobj.context = other
+
+    context.sni_callback = pick
+
+
+def certificate_names(source: Source) -> frozenset[str]:
+    """The DNS names (subjectAltName) of the first certificate in ``source``, lower case."""
+    # Imported here, only with websocket.cert: the cryptography bindings cost about
+    # 15 MB that a server without it never needs (see tests/test_lean_imports.py).
+    from cryptography import x509
+
+    try:
+        certificate = x509.load_pem_x509_certificate(_read(source))
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return frozenset()
+    except ValueError as exc:
+        raise CertificateError(f"cannot read certificate {describe(source)}: {exc}") from exc
+    return frozenset(name.lower() for name in san.value.get_values_for_type(x509.DNSName))
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    """RFC 6125 matching of one DNS name: exact, or a leading ``*`` for one label."""
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if pattern.startswith("*."):
+        first, _, rest = name.partition(".")
+        return bool(first) and rest == pattern[2:]
+    return pattern == name
+
+
 def agent_context(ca: Source, cert: Source, key: Source) -> ssl.SSLContext:
     """TLS 1.3 client context that presents our certificate and verifies the server's name."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -75,6 +167,15 @@ def describe(source: Source) -> str:
     """How to name the source in a message: its path, or 'inline PEM'."""
     path = source if isinstance(source, Path) else source.path
     return str(path) if path is not None else "inline PEM"
+
+
+def _read(source: Source) -> bytes:
+    if isinstance(source, Path):
+        try:
+            return source.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {source}: {exc.strerror}") from exc
+    return source.read_bytes()
 
 
 def _harden(context: ssl.SSLContext) -> None:

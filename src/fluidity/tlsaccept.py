@@ -49,7 +49,9 @@ from fluidity.tls import handshake_failure_reason
 log = logging.getLogger(__name__)
 
 ContextSource = Callable[[], ssl.SSLContext]
-ProtocolFactory = Callable[[], asyncio.Protocol]
+# The tunnel connection is a buffered protocol (TLS decrypts into its buffer); the
+# front door's hand-off and the WebSocket link are protocols of either kind.
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 # Told the reason label of each failed handshake (the server's metrics counter).
 FailureCallback = Callable[[str], None]
 
@@ -170,6 +172,7 @@ class TLSListener:
         self._socks: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()  # cancelled by close, not yet done
         self.handshakes_ok = 0
         self.handshakes_failed = 0
         self.address: tuple[str, int] | None = None
@@ -203,12 +206,21 @@ class TLSListener:
         # task not yet resumed, is dropped by the cancellation with the socket
         # unclosed until collected (``sock_accept`` is a coroutine, its result
         # unreachable once cancelled). Only a connection racing the shutdown hits it.
-        for task in [*self._accepting, *self._pending]:
+        tasks = [*self._accepting, *self._pending]
+        for task in tasks:
             task.cancel()
+        self._closing.update(tasks)
         self._accepting.clear()
         for sock in self._socks:
             sock.close()
         self._socks.clear()
+
+    async def wait_closed(self) -> None:
+        """Wait until the tasks ``close`` cancelled have finished, so that each abandoned
+        handshake has closed its socket (before the loop goes away, say)."""
+        closing, self._closing = self._closing, set()
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)
 
     async def _accept_forever(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -225,6 +237,8 @@ class TLSListener:
             task = loop.create_task(self._handshake(accepted))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+            # Closes the socket if the loop never took it, even for a task cancelled
+            # before it ever ran (and so never reached any cleanup of its own).
             task.add_done_callback(accepted.release)
 
     async def _handshake(self, accepted: AcceptedSocket) -> None:
@@ -234,7 +248,7 @@ class TLSListener:
             # The loop enforces the handshake timeout itself; the outer bound is a
             # safety net in case an implementation does not.
             async with asyncio.timeout(self._timeout + 1.0):
-                await loop.connect_accepted_socket(
+                transport, _ = await loop.connect_accepted_socket(
                     accepted.protocol,
                     accepted.sock,
                     ssl=self._contexts(),
@@ -243,7 +257,18 @@ class TLSListener:
         except (OSError, TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
             self._failed(peer, exc)
             return
+        if transport.is_closing():
+            return  # its protocol turned it away at once, and said why (see refused)
         self.handshakes_ok += 1
+
+    def refused(self, peer: str, reason: str, detail: str) -> None:
+        """A connection its protocol turned away right after the handshake (the server's
+        front door: h2 without a client certificate, or over TLS 1.2): counted and
+        logged as a failed handshake with ``reason``, since to the operator it is one."""
+        self.handshakes_failed += 1
+        if self._on_failure is not None:
+            self._on_failure(reason)
+        self._failures.failed(peer, reason, detail)
 
     def _failed(self, peer: str, exc: BaseException) -> None:
         reason = failure_reason(exc)
@@ -271,7 +296,7 @@ class AcceptedSocket:
         self._factory = factory
         self.taken = False
 
-    def protocol(self) -> asyncio.Protocol:
+    def protocol(self) -> asyncio.BaseProtocol:
         """The connection's protocol; the loop owns the socket from this call on."""
         self.taken = True
         return self._factory()

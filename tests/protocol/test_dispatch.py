@@ -232,3 +232,36 @@ def test_close_client_is_always_the_last_event(chunks: list[bytes], fate: str) -
     assert len(closes) <= 1
     if closes:
         assert closes[0] == len(events) - 1
+
+
+# -- relaying: when the driver may move bytes itself -------------------------------------
+
+
+def test_relaying_means_bytes_would_come_straight_back_as_sends() -> None:
+    assert not first_byte_session().relaying  # nothing chosen yet
+    http = first_byte_session()
+    http.receive_client(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    drain(http)
+    assert not http.relaying  # still opening
+    http.upstream_opened()
+    drain(http)
+    assert http.relaying
+    http.receive_client(b"tls bytes")
+    http.receive_upstream(b"tls answer")
+    assert drain(http) == [SendUpstream(b"tls bytes"), SendClient(b"tls answer")]
+
+
+def test_a_forwarding_http_session_is_not_relaying() -> None:
+    http = first_byte_session()
+    http.receive_client(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    http.upstream_opened()
+    drain(http)
+    assert not http.relaying  # responses are parsed: bytes may be held or cut
+
+
+def test_a_socks_relay_is_relaying_until_it_closes() -> None:
+    relay = relaying()
+    assert relay.relaying
+    relay.upstream_lost("cut")
+    assert drain(relay) == [CloseClient(abort=True)]
+    assert not relay.relaying

@@ -372,6 +372,31 @@ def test_a_slow_client_gets_408_unless_its_head_is_complete() -> None:
     assert busy.state is State.FORWARDING
 
 
+def test_an_idle_kept_alive_connection_is_closed_quietly_at_the_head_timeout() -> None:
+    session = forwarding()
+    session.receive_upstream(OK)
+    session.events()
+    assert session.state is State.IDLE
+    session.head_timed_out()
+    assert session.events() == [CloseUpstream(), CloseClient()]
+    assert session.state is State.CLOSED
+
+
+def test_a_next_head_begun_on_a_kept_alive_connection_gets_408() -> None:
+    session = forwarding()
+    session.receive_upstream(OK)
+    session.receive_client(b"GET http://example.com/two HTTP/1.1\r\nHo")
+    session.events()
+    session.head_timed_out()
+    assert status_of(session.events()) == 408
+
+
+def test_a_connection_that_never_sent_a_request_gets_408() -> None:
+    session = ClientSession()
+    session.head_timed_out()
+    assert status_of(session.events()) == 408
+
+
 def test_empty_lines_before_a_request_are_ignored() -> None:
     session = ClientSession()
     session.receive_client(b"\r\n\r\n" + GET)

@@ -57,3 +57,24 @@ def test_a_failed_probe_opens_the_circuit_again() -> None:
     assert not breaker.allow("t:1", now=60.0)
     assert breaker.allow("t:1", now=61.0)
     assert breaker.states(now=61.0) == {"t:1": CircuitState.HALF_OPEN}
+
+
+def test_a_cancelled_probe_frees_the_probe_and_leaves_the_circuit_open() -> None:
+    breaker = CircuitBreaker(failures=2, reset_after=10.0)
+    breaker.record_failure("t:1", now=0.0)
+    breaker.record_failure("t:1", now=0.0)
+    assert breaker.allow("t:1", now=10.0)  # the probe
+    breaker.release("t:1")  # it was cancelled: no verdict
+    assert breaker.state("t:1", now=10.0) is CircuitState.HALF_OPEN
+    assert breaker.allow("t:1", now=10.0)  # another probe may go
+    assert not breaker.allow("t:1", now=10.0)
+
+
+def test_a_success_resets_the_count_of_consecutive_failures() -> None:
+    breaker = CircuitBreaker(failures=3, reset_after=10.0)
+    for _ in range(2):
+        breaker.record_failure("t:1", now=0.0)
+    breaker.record_success("t:1")
+    for _ in range(2):
+        breaker.record_failure("t:1", now=0.0)
+    assert breaker.state("t:1", now=0.0) is CircuitState.CLOSED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fluidity.errors import StreamError, TunnelClosed
+from fluidity.errors import StreamError, TooManyStreams, TunnelClosed
 from fluidity.protocol.events import (
     ConnectionTerminated,
     DataReceived,
@@ -17,15 +17,21 @@ from fluidity.protocol.events import (
     StreamReset,
     TunnelEvent,
 )
-from fluidity.protocol.tunnel import HIGH_WATER, STREAM_WINDOW, Side, TunnelProtocol
+from fluidity.protocol.tunnel import (
+    HIGH_WATER,
+    MAX_CLOSED_STREAMS,
+    STREAM_WINDOW,
+    Side,
+    TunnelProtocol,
+)
 
 
 class Pair:
     """An agent and a server joined by an in-memory wire."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int = 1000) -> None:
         self.agent = TunnelProtocol(Side.AGENT)
-        self.server = TunnelProtocol(Side.SERVER)
+        self.server = TunnelProtocol(Side.SERVER, max_streams=max_streams)
         self.agent.initiate()
         self.server.initiate()
         self.xfer()
@@ -170,6 +176,17 @@ def test_draining_server_refuses_new_streams_but_keeps_open_ones() -> None:
     assert received(at_server) == b"still flowing"
 
 
+def test_the_servers_stream_limit_is_a_named_error_until_a_stream_ends() -> None:
+    pair = Pair(max_streams=2)
+    first = pair.open()
+    pair.open("b.example:443")
+    with pytest.raises(TooManyStreams, match=r"2 streams.*limits.max_streams_per_tunnel"):
+        pair.agent.open_stream("c.example:443")
+    pair.agent.reset_stream(first)
+    pair.xfer()
+    pair.open("c.example:443")  # a slot came free
+
+
 def test_goaway_is_reported() -> None:
     pair = Pair()
     pair.server.close(reason="bye")
@@ -195,3 +212,87 @@ def test_garbage_from_the_peer_is_a_closed_tunnel() -> None:
     server.initiate()
     with pytest.raises(TunnelClosed):
         server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+def test_a_rejected_stream_is_closed_on_both_peers() -> None:
+    pair = Pair(max_streams=3)
+    for _ in range(10):  # more rejections than the server allows concurrent streams
+        stream_id = pair.agent.open_stream("10.0.0.1:80")
+        pair.xfer()
+        pair.server.reject_stream(stream_id, 403, "private")
+        at_agent, _ = pair.xfer()
+        assert at_agent == [StreamRejected(stream_id, 403, "private")]
+    assert pair.open() > 0  # the rejected ones no longer count as open
+
+
+def test_stream_limit_is_enforced_exactly_at_scale() -> None:
+    pair = Pair(max_streams=300)
+    opened = [pair.agent.open_stream(f"example.com:{i + 1}") for i in range(300)]
+    _, at_server = pair.xfer()
+    assert len([e for e in at_server if isinstance(e, StreamRequested)]) == 300
+    with pytest.raises(StreamError, match="server's maximum"):
+        pair.agent.open_stream("example.com:9999")
+    pair.agent.reset_stream(opened[0])
+    pair.xfer()
+    pair.open()  # one slot came free: exactly one more stream fits
+    with pytest.raises(StreamError, match="server's maximum"):
+        pair.agent.open_stream("example.com:9999")
+
+
+def test_finished_streams_are_swept_from_h2() -> None:
+    pair = Pair()
+    for _ in range(500):
+        stream_id = pair.open()
+        pair.agent.end_stream(stream_id)
+        pair.server.end_stream(stream_id)
+        pair.xfer()
+    assert pair.agent.open_streams == pair.server.open_streams == 0
+    assert len(pair.agent._h2.streams) < 100 and len(pair.server._h2.streams) < 100
+
+
+def test_a_window_update_moves_only_the_waiting_stream() -> None:
+    pair = Pair()
+    blocked, other = pair.open(), pair.open()
+    pair.agent.send(blocked, b"x" * (STREAM_WINDOW + 1000))
+    at_server = pair.xfer()[1]
+    assert len(received(at_server)) == STREAM_WINDOW
+    assert pair.agent._waiting == {blocked: None}
+    pair.agent.send(other, b"y")
+    pair.server.acknowledge(blocked, STREAM_WINDOW)
+    at_server = pair.xfer()[1]
+    assert received(at_server) == b"y" + b"x" * 1000
+    assert pair.agent._waiting == {}
+
+
+def open_and_reset(pair: Pair, count: int) -> None:
+    """``count`` streams opened, accepted and reset by the agent, one after another."""
+    for _ in range(count):
+        stream_id = pair.agent.open_stream("other.example:443")
+        pair.xfer()
+        pair.server.accept_stream(stream_id)
+        pair.xfer()
+        pair.agent.reset_stream(stream_id)
+    pair.xfer()
+
+
+def test_a_late_frame_on_a_stream_we_reset_is_ignored_many_streams_later() -> None:
+    """The server sends on a stream the agent has just reset; meanwhile 1,000 other
+    streams open and close. The late DATA is dropped, the tunnel lives on."""
+    pair = Pair()
+    late = pair.open()
+    pair.server.send(late, b"in flight")
+    in_flight = pair.server.data_to_send()  # on the wire before the reset arrives
+    pair.agent.reset_stream(late)
+    open_and_reset(pair, 1000)
+    assert pair.agent.receive_data(in_flight) == []
+    sid = pair.open("last.example:443")
+    pair.agent.send(sid, b"still fine")
+    _, at_server = pair.xfer()
+    assert received(at_server) == b"still fine"
+
+
+def test_memory_of_closed_streams_is_bounded() -> None:
+    pair = Pair()
+    open_and_reset(pair, MAX_CLOSED_STREAMS + 100)
+    pair.agent.open_stream("one-more.example:443")  # h2 files closed streams on the next open
+    assert len(pair.agent._h2._closed_streams) <= MAX_CLOSED_STREAMS

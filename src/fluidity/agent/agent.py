@@ -16,13 +16,16 @@ import json
 import logging
 import time
 import urllib.parse
+from types import MappingProxyType
 from typing import Any, cast
 
 from fluidity import __version__
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
+from fluidity.agent.routes import WebSocketSettings
 from fluidity.config import AgentConfig
+from fluidity.connection import StreamHandler
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
 from fluidity.metrics import Metrics, Snapshot
@@ -32,13 +35,14 @@ from fluidity.path import open_path
 from fluidity.protocol.dispatch import FirstByteSession, SocksRelay
 from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
 from fluidity.protocol.retry import Backoff
-from fluidity.tls import agent_context, describe
+from fluidity.tls import agent_context, describe, outer_agent_context
 
 log = logging.getLogger(__name__)
 
 STATUS_PATH = "/fluidity/status"
 PAC_PATH = "/proxy.pac"
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
+CLOSE_GRACE = 2.0  # seconds the server has to answer the tunnel's TLS close on shutdown
 
 
 class Agent:
@@ -56,6 +60,13 @@ class Agent:
             MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
         )
         context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
+        websocket = None
+        if config.transport != "direct":
+            websocket = WebSocketSettings(
+                outer_context=outer_agent_context(config.tls.ca, config.websocket.outer_ca),
+                url=config.websocket.url,
+                ping_interval=config.websocket.ping_interval,
+            )
         self.keeper = TunnelKeeper(
             host=config.server.host,
             port=config.server.port,
@@ -66,11 +77,22 @@ class Agent:
             keepalive_timeout=config.keepalive_timeout,
             handshake_timeout=config.handshake_timeout,
             connect_wait=config.connect_wait,
+            stream_idle_timeout=config.stream_idle_timeout,
             backoff=Backoff(config.reconnect.initial, config.reconnect.max),
             connector=functools.partial(open_path, config.upstream_proxy),
             metrics=self.metrics,
+            ca_pem=config.tls.ca.read_bytes(),
+            transport=config.transport,
+            websocket=websocket,
         )
         self.clients: set[ClientConnection] = set()
+        # Clients on loopback need no TCP keepalive (the kernel sees both ends),
+        # which spares every new client connection a handful of syscalls.
+        self.keepalive_clients = not _is_loopback(config.listen.host)
+        # One mapping shared by every session (sessions keep it, not a copy).
+        self._local_paths = MappingProxyType(
+            {STATUS_PATH: self._status_page, PAC_PATH: self._pac_file}
+        )
         self.started = time.time()
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
@@ -108,9 +130,10 @@ class Agent:
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         log.info(
-            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s%s (event loop: %s)",
+            "fluidity agent: HTTP proxy on %s:%d, tunnel to %s (transport: %s)%s (event loop: %s)",
             *self.address,
             self.keeper.address,
+            self.config.transport,
             _describe_routes(self.config),
             loop_name(loop),
         )
@@ -122,20 +145,24 @@ class Agent:
         await self.shutdown()
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting, let client connections finish up to the deadline, then close."""
+        """Stop accepting, let client exchanges finish up to the deadline, then close.
+
+        Connections between requests (idle keep-alive) are closed at once, and
+        each busy one as soon as its exchange ends; past the deadline the rest
+        are reset. The tunnel goes last, with a GOAWAY.
+        """
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        started = time.monotonic()
         if self._listener is not None:
             self._listener.close()
-        busy = [c for c in self.clients if c.stream is not None]
-        for client in self.clients - set(busy):
-            client.close()  # idle keep-alive connections: nothing to wait for
+        busy = self._close_idle_clients()
         if busy:
-            log.info("draining %d client connections (up to %.0f s)", len(busy), timeout)
+            log.info("draining %d client connections (up to %.0f s)", busy, timeout)
         try:
             async with asyncio.timeout(timeout):
-                # Streams end in protocol callbacks; a short poll keeps them free of
+                # Exchanges end in protocol callbacks; a short poll keeps them free of
                 # shutdown bookkeeping on the hot path.
-                while any(c.stream is not None for c in self.clients):  # noqa: ASYNC110
+                while self._close_idle_clients():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         except TimeoutError:
             log.warning("drain deadline passed: closing %d connections", len(self.clients))
@@ -144,11 +171,40 @@ class Agent:
         if self._keeper_task is not None:
             self._keeper_task.cancel()
             await asyncio.gather(self._keeper_task, return_exceptions=True)
+        await self._tunnel_closed()
         await self._kill_cloud_server()
         if self._listener is not None:
             await self._listener.wait_closed()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        log.info("agent drained in %.2f s", time.monotonic() - started)
+
+    def _close_idle_clients(self) -> int:
+        """Close every client connection between exchanges; return how many are busy."""
+        busy = 0
+        for client in list(self.clients):
+            if client.busy:
+                busy += 1
+            else:
+                client.close_idle()
+        return busy
+
+    async def _tunnel_closed(self) -> None:
+        """Let the tunnel's TLS close finish (close_notify both ways), briefly.
+
+        The keeper starts the close when it stops; through a corporate proxy the
+        server's answer takes a few hops, and returning before it would leave the
+        socket open behind a stopped agent. A server that does not answer in
+        ``CLOSE_GRACE`` seconds gets the connection dropped.
+        """
+        conn = self.keeper.connection
+        if conn is None or conn.closed.done():
+            return
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await asyncio.shield(conn.closed)
+        except TimeoutError:
+            conn.close_now("agent stopping: the server did not finish closing the connection")
 
     async def _kill_cloud_server(self) -> None:
         lifecycle = self.config.lifecycle
@@ -175,6 +231,7 @@ class Agent:
             "version": __version__,
             "state": keeper.state.value,
             "server": keeper.address,
+            "transport": keeper.transport,
             "listen": f"{self.address[0]}:{self.address[1]}" if self.address else None,
             "uptime": round(now - self.started, 1),
             "connected_for": round(now - keeper.connected_since, 1)
@@ -213,11 +270,12 @@ class Agent:
             client_connections=len(self.clients),
         )
 
-    async def open_direct(self, host: str, port: int) -> DirectStream:
-        """A connection to a ``direct:`` host, through the corporate proxy if one is set;
-        ``handshake_timeout`` bounds it. Raises PathError."""
+    async def open_direct(self, host: str, port: int, handler: StreamHandler) -> DirectStream:
+        """A connection to a ``direct:`` host reporting to ``handler``, through the
+        corporate proxy if one is set; ``handshake_timeout`` bounds it. Raises PathError."""
+        timeout = self.config.handshake_timeout
         return await DirectStream.open(
-            self.config.upstream_proxy, host, port, timeout=self.config.handshake_timeout
+            self.config.upstream_proxy, host, port, handler, timeout=timeout
         )
 
     def _make_client(self) -> ClientConnection | _Refuser:
@@ -233,10 +291,7 @@ class Agent:
         return client
 
     def _http_session(self) -> ClientSession:
-        return ClientSession(
-            credentials=self.credentials,
-            local_paths={STATUS_PATH: self._status_page, PAC_PATH: self._pac_file},
-        )
+        return ClientSession(credentials=self.credentials, local_paths=self._local_paths)
 
     def _socks_session(self) -> SocksRelay:
         return SocksRelay(self.credentials)
@@ -309,15 +364,17 @@ def _credentials(config: AgentConfig) -> tuple[str, str] | None:
     """Proxy credentials; required when the listener is reachable from other machines."""
     if config.auth is not None:
         return config.auth.username, config.auth.resolve_password()
-    host = config.listen.host
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+    if not _is_loopback(config.listen.host):
         raise ConfigError(
             f"listen: {config.listen} is reachable from other machines, so the proxy needs "
             "credentials: set auth: {username: ..., password_env: ...} in agent.yaml, "
             "or listen on 127.0.0.1"
         )
     return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

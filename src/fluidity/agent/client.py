@@ -9,7 +9,21 @@ An upstream is a tunnel stream, or, for a host on the ``direct:`` list, a
 ``DirectStream``: the agent's own connection, with the same interface. The
 single task it ever starts is the one that opens an upstream (that waits for
 the server or the target); while it runs the client is not read, so the
-session never buffers more than one read.
+session never buffers more than one read. The upstream may speak before that
+task resumes (a server that greets first: its bytes follow the stream's
+acceptance in the same read), so what it reports meanwhile is held and
+replayed once the session knows the upstream is open.
+
+Failures are never silent. A tunnel stream that cannot be had answers 503
+(no tunnel within ``connect_wait``, or the server's stream limit) or 502; one
+that breaks before a response byte answers 502, except that an idempotent
+request sent in full is replayed once on the next tunnel when the whole tunnel
+died; one that breaks later resets the client connection (TCP RST), so a
+close-delimited body or a CONNECT stream cannot pass for complete.
+
+``head_timeout`` bounds every wait for a request head (or a SOCKS5
+handshake): the first, and each next one on a kept-alive connection, which is
+closed once idle that long.
 """
 
 from __future__ import annotations
@@ -17,14 +31,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
-from fluidity.agent.direct import DirectStream
-from fluidity.connection import set_tcp_keepalive
+from fluidity.connection import reset_transport, set_tcp_keepalive
 from fluidity.errors import (
     PathError,
     StreamError,
     StreamRefused,
+    TooManyStreams,
     TunnelError,
     TunnelUnavailable,
 )
@@ -78,16 +93,26 @@ class ClientConnection(asyncio.Protocol):
         self._deferred_ack = 0
         self._retried = False
         self._closed = False
+        self._held: list[Callable[[], None]] = []  # upstream reports while opening
 
     # -- the client socket --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        set_tcp_keepalive(transport)
-        loop = asyncio.get_running_loop()
-        self._head_timer = loop.call_later(self.agent.config.head_timeout, self._on_head_timeout)
+        if self.agent.keepalive_clients:
+            set_tcp_keepalive(transport)
+        self._sync_head_timer()
 
     def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is not None and self.session.relaying:
+            # A raw splice (CONNECT, upgrades): the session would only hand the
+            # bytes back as one SendUpstream. Skipping the round trip through it
+            # is the agent's half of turning the connection into a plain splice.
+            if not stream.write(data):
+                self._stream_full = True
+                self._update_reading()
+            return
         self.session.receive_client(data)
         self._pump()
 
@@ -118,8 +143,17 @@ class ClientConnection(asyncio.Protocol):
     # -- the tunnel stream (StreamHandler) -------------------------------
 
     def stream_data(self, data: bytes) -> None:
-        self.session.receive_upstream(data)
-        self._pump()
+        if self._opening is not None:
+            self._held.append(lambda: self.stream_data(data))
+            return
+        if self.session.relaying:
+            # The session would emit SendClient(data) (no data follows the
+            # stream's end, so there is nothing else for it to decide).
+            if self.transport is not None and not self._closed:
+                self.transport.write(data)
+        else:
+            self.session.receive_upstream(data)
+            self._pump()
         if self.stream is None:
             return
         if self._client_paused:
@@ -128,10 +162,16 @@ class ClientConnection(asyncio.Protocol):
             self.stream.acknowledge(len(data))
 
     def stream_ended(self) -> None:
+        if self._opening is not None:
+            self._held.append(self.stream_ended)
+            return
         self.session.receive_upstream(b"")
         self._pump()
 
     def stream_reset(self, reason: str) -> None:
+        if self._opening is not None:
+            self._held.append(lambda: self.stream_reset(reason))
+            return
         stream, self.stream = self.stream, None
         tunnel_died = stream is not None and not stream.tunnel_alive
         if tunnel_died and not self._retried and self.session.replayable_request() is not None:
@@ -159,7 +199,6 @@ class ClientConnection(asyncio.Protocol):
                     if self.transport is not None and not self._closed:
                         self.transport.write(data)
                 case OpenUpstream(host, port, kind):
-                    self._cancel_head_timer()
                     self.kind = kind
                     self._opening = asyncio.get_running_loop().create_task(self._open(host, port))
                 case EndUpstream():
@@ -175,6 +214,7 @@ class ClientConnection(asyncio.Protocol):
                 case CloseClient(abort):
                     self._close_client(abort)
         self._update_reading()
+        self._sync_head_timer()
 
     async def _open(self, host: str, port: int) -> None:
         started = asyncio.get_running_loop().time()
@@ -184,6 +224,8 @@ class ClientConnection(asyncio.Protocol):
             self._failed(exc.status, exc.reason, target_error_kind(exc.status), started)
         except TunnelUnavailable as exc:
             self._failed(503, str(exc), "no_tunnel", started)
+        except TooManyStreams as exc:
+            self._failed(503, str(exc), "stream_limit", started)
         except PathError as exc:
             self._failed(exc.status, str(exc), "direct_path", started)
         except (StreamError, TunnelError) as exc:
@@ -196,14 +238,15 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self._opening = None
         self._pump()
-        if isinstance(self.stream, DirectStream) and self.stream.handler is None:
-            self.stream.start(self)  # the client has its answer: now the target's bytes
+        held, self._held = self._held, []
+        for report in held:  # the client has its answer: now what the upstream said
+            report()
 
     async def _connect(self, host: str, port: int) -> Upstream:
         """A tunnel stream to ``host:port``, or a direct connection if it is on ``direct:``."""
         if self.agent.routing.route(host) == "direct":
             self.kind = "direct"
-            return await self.agent.open_direct(host, port)
+            return await self.agent.open_direct(host, port, self)
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return await self.agent.keeper.open_stream(authority, self)
 
@@ -228,7 +271,7 @@ class ClientConnection(asyncio.Protocol):
         if self.stream is not None:
             (self.stream.abort if abort else self.stream.write_eof)()
         if abort:
-            self.transport.abort()
+            reset_transport(self.transport)
         else:
             self.transport.close()
 
@@ -243,6 +286,20 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.transport.pause_reading()
 
+    def _sync_head_timer(self) -> None:
+        """Time the wait for a request head whenever the session waits for one (idle).
+
+        Armed once per wait, never extended by trickling bytes: a client
+        sending one byte a second still runs out of time.
+        """
+        waiting = self.session.idle and not self._closed
+        if not waiting:
+            self._cancel_head_timer()
+        elif self._head_timer is None:
+            loop = asyncio.get_running_loop()
+            timeout = self.agent.config.head_timeout
+            self._head_timer = loop.call_later(timeout, self._on_head_timeout)
+
     def _on_head_timeout(self) -> None:
         self._head_timer = None
         self.session.head_timed_out()
@@ -253,9 +310,19 @@ class ClientConnection(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    @property
+    def busy(self) -> bool:
+        """In the middle of an exchange: opening an upstream, forwarding, or a tunnel."""
+        return self._opening is not None or not (self.session.idle or self._closed)
+
+    def close_idle(self) -> None:
+        """Close a connection between requests (shutdown): an orderly close, no reset."""
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
     def close(self) -> None:
-        """Abort (shutdown deadline passed)."""
+        """Reset the connection and its upstream (shutdown deadline passed)."""
         if self.stream is not None:
             self.stream.abort()
-        if self.transport is not None:
-            self.transport.abort()
+        if self.transport is not None and not self._closed:
+            reset_transport(self.transport)

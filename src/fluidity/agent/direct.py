@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
-from fluidity.connection import StreamHandler, set_tcp_keepalive
+from fluidity.connection import StreamHandler, reset_transport, set_tcp_keepalive
 from fluidity.path import attach, open_path
 from fluidity.upstream import UpstreamProxyConfig
 
@@ -34,24 +34,22 @@ _Call = Callable[[StreamHandler], None]
 
 
 class DirectStream(asyncio.Protocol):
-    """One direct TCP connection; the handler is set by :meth:`start`.
+    """One direct TCP connection reporting to ``handler``.
 
-    Until :meth:`start`, what the connection reports (bytes, end, loss) is kept and
-    replayed to the handler then, in order: the holder answers its client first,
-    then hears the target.
+    The handler may hear from the target as soon as the connection is made, before
+    :meth:`open` returns (bytes that came with the proxy's CONNECT answer): like a
+    tunnel stream's opener, it holds what arrives until it knows the stream.
     """
 
-    def __init__(self, authority: str) -> None:
+    def __init__(self, authority: str, handler: StreamHandler) -> None:
         self.authority = authority
-        self.handler: StreamHandler | None = None
+        self.handler: StreamHandler | None = handler
         self.transport: asyncio.Transport | None = None
-        self._held: list[_Call] = []
         self._outstanding = 0
         self._reading_paused = False
         self._writing_paused = False
         self._ended = {"in": False, "out": False}
         self._closed = False  # the connection is gone or going
-        self._aborted = False  # the holder reset it: report nothing more
 
     @classmethod
     async def open(
@@ -59,25 +57,19 @@ class DirectStream(asyncio.Protocol):
         upstream: UpstreamProxyConfig | None,
         host: str,
         port: int,
+        handler: StreamHandler,
         *,
         timeout: float,  # noqa: ASYNC109 -- passed on to open_path, which also bounds PAC
     ) -> DirectStream:
         """Connect to ``host:port`` (through the proxy when ``upstream`` says so).
 
         Raises :class:`~fluidity.errors.PathError` or
-        :class:`~fluidity.errors.UpstreamProxyError`; call :meth:`start` on the result.
+        :class:`~fluidity.errors.UpstreamProxyError`.
         """
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        stream = cls(authority)
+        stream = cls(authority, handler)
         await attach(await open_path(upstream, host, port, timeout=timeout), stream)
         return stream
-
-    def start(self, handler: StreamHandler) -> None:
-        """Report to ``handler`` from now on, beginning with anything held."""
-        self.handler = handler
-        held, self._held = self._held, []
-        for call in held:
-            call(handler)
 
     # -- the holder's side (as TunnelStream) ------------------------------------------
 
@@ -107,11 +99,10 @@ class DirectStream(asyncio.Protocol):
 
     def abort(self) -> None:
         """Reset the connection; the handler hears nothing more."""
-        self._closed = self._aborted = True
+        self._closed = True
         self.handler = None
-        self._held.clear()
         if self.transport is not None:
-            self.transport.abort()
+            reset_transport(self.transport)  # a RST: the target must not take a cut for an end
 
     @property
     def tunnel_alive(self) -> bool:
@@ -157,12 +148,8 @@ class DirectStream(asyncio.Protocol):
     # -- internals --------------------------------------------------------------------
 
     def _report(self, call: _Call) -> None:
-        if self._aborted:
-            return
-        if self.handler is not None:
+        if self.handler is not None:  # None once the holder aborted
             call(self.handler)
-        else:
-            self._held.append(call)
 
     def _close_if_done(self) -> None:
         if all(self._ended.values()) and self.transport is not None:

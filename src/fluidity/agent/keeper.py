@@ -14,12 +14,23 @@ failure naming our certificate.
 Client requests wait for the tunnel (``connect_wait``) instead of failing
 the moment it blinks.
 
+A draining server (shutting down) refuses new streams with REFUSED_STREAM
+while its open ones finish. The first refusal retires the connection: the
+keeper connects again at once -- behind a load balancer, most likely to a
+server that is not going away -- and the retired connection carries its
+streams to their end.
+
 The TCP path to the server comes from a connector (by default
 :func:`fluidity.path.open_path` without a proxy; the agent passes its
 ``upstream_proxy:``), called afresh for every attempt so a PAC file is
 evaluated again on each reconnect; TLS then runs over that path.
 ``handshake_timeout`` bounds the whole of it: the proxy's CONNECT exchange
 included.
+
+The connection goes over the direct transport or the WebSocket transport
+(``fluidity.agent.routes``). With ``transport: auto`` the keeper starts direct
+and, the first time the direct transport meets TLS inspection, switches to the
+WebSocket transport for good, saying so once.
 """
 
 from __future__ import annotations
@@ -29,35 +40,36 @@ import functools
 import logging
 import ssl
 import time
-from collections.abc import Awaitable
 from enum import Enum
-from typing import Protocol
+from typing import Any
 
+from fluidity.agent.routes import (
+    Connector,
+    DirectRoute,
+    Route,
+    WebSocketRoute,
+    WebSocketSettings,
+)
+from fluidity.config import TransportKind, WebSocketEndpoint
 from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
 from fluidity.errors import (
     AuthenticationError,
+    FluidityError,
     HandshakeError,
     PathError,
-    StreamError,
+    StreamUnprocessed,
+    TLSInspectionDetected,
     TunnelClosed,
     TunnelError,
     TunnelUnavailable,
     UpstreamProxyError,
 )
 from fluidity.metrics import Metrics
-from fluidity.path import Streams, attach_tls, open_path
+from fluidity.path import open_path
 from fluidity.protocol.retry import Backoff
 from fluidity.protocol.tunnel import Side
-from fluidity.tls import handshake_failure_reason
 
 log = logging.getLogger(__name__)
-
-
-class Connector(Protocol):
-    """Opens the TCP path to the server within ``timeout`` seconds: directly, or
-    through a corporate proxy. Raises PathError (see :func:`fluidity.path.open_path`)."""
-
-    def __call__(self, host: str, port: int, *, timeout: float) -> Awaitable[Streams]: ...
 
 
 class TunnelState(Enum):
@@ -82,9 +94,13 @@ class TunnelKeeper:
         keepalive_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
         connect_wait: float = 10.0,
+        stream_idle_timeout: float = 0.0,
         backoff: Backoff | None = None,
         connector: Connector | None = None,
         metrics: Metrics | None = None,
+        ca_pem: bytes = b"",
+        transport: TransportKind = "direct",
+        websocket: WebSocketSettings | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -94,10 +110,22 @@ class TunnelKeeper:
         self._keepalive = (keepalive_interval, keepalive_timeout)
         self._handshake_timeout = handshake_timeout
         self.connect_wait = connect_wait
+        self._stream_idle_timeout = stream_idle_timeout
         self._backoff = backoff or Backoff(0.5, 30.0)
-        self._connector = connector or functools.partial(open_path, None)
+        self._connector: Connector = connector or functools.partial(open_path, None)
+        self._ca_pem = ca_pem
+        if transport != "direct" and websocket is None:
+            raise ValueError(f"transport {transport!r} needs WebSocket settings")
+        self.transport_mode: TransportKind = transport
+        self.transport: str = "websocket" if transport == "websocket" else "direct"
+        """The transport in use: ``direct`` or ``websocket`` (``auto`` starts direct)."""
+        self._websocket = websocket
+        self._last_failure: TunnelError | None = None
+        self._failed = asyncio.Event()
         self._conn: TunnelConnection | None = None
         self._up = asyncio.Event()
+        self._draining = asyncio.Event()  # the current connection refused a stream
+        self._retired: set[TunnelConnection] = set()  # draining, still carrying streams
         self.state = TunnelState.CONNECTING
         self.last_error = ""
         self.reconnects = 0
@@ -149,13 +177,16 @@ class TunnelKeeper:
         finally:
             self.state = TunnelState.STOPPED
             self._up.clear()
-            if self._conn is not None:
-                # GOAWAY, then wait (bounded) for the TLS close to complete: the
-                # agent's shutdown leaves no socket open behind it.
-                await self._conn.finish("agent stopping")
+            # GOAWAY, then wait (bounded) for each TLS close to complete: the
+            # agent's shutdown leaves no socket open behind it.
+            closing = [conn for conn in (self._conn, *self._retired) if conn is not None]
+            await asyncio.gather(*(conn.finish("agent stopping") for conn in closing))
 
     async def wait_ready(self, within: float) -> TunnelConnection:
         """The usable connection, waiting up to ``within`` seconds for one."""
+        conn = self._conn
+        if conn is not None and conn.is_usable and self._up.is_set():
+            return conn  # the common case, without arming a timeout for nothing
         try:
             async with asyncio.timeout(within):
                 while True:
@@ -170,6 +201,15 @@ class TunnelKeeper:
                 f"no tunnel to {self.address} after waiting {within:g} s{why}"
             ) from None
 
+    async def failure(self, within: float) -> TunnelError:
+        """Why the latest connection attempt failed, waiting up to ``within`` seconds for
+        the attempt under way to fail; ``TimeoutError`` if none does."""
+        async with asyncio.timeout(within):
+            while self._last_failure is None:
+                self._failed.clear()
+                await self._failed.wait()
+        return self._last_failure
+
     async def open_stream(self, authority: str, handler: StreamHandler) -> TunnelStream:
         """A stream to ``authority``; waits for the tunnel, retries a refused or lost open.
 
@@ -177,103 +217,174 @@ class TunnelKeeper:
         with its connection before the server answered never reached a target,
         so trying it again on the next connection is safe.
         """
-        deadline = asyncio.get_running_loop().time() + self.connect_wait
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_wait
+        refused: FluidityError | None = None  # why the last stream could not be opened
         while True:
-            remaining = deadline - asyncio.get_running_loop().time()
-            conn = await self.wait_ready(max(remaining, 0.0))
+            try:
+                conn = await self.wait_ready(max(deadline - loop.time(), 0.0))
+            except TunnelUnavailable as exc:
+                if refused is None:
+                    raise
+                raise TunnelUnavailable(f"{exc}; before that: {refused}") from refused
             try:
                 return await conn.open_stream(authority, handler)
-            except (TunnelClosed, StreamError) as exc:
-                if type(exc) is not TunnelClosed and "draining" not in str(exc):
-                    raise
+            except (TunnelClosed, StreamUnprocessed) as exc:
                 conn.goaway_received = True  # stop using it for new streams
                 self._up.clear()
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise TunnelUnavailable(f"tunnel to {self.address} unavailable: {exc}") from exc
+                if isinstance(exc, StreamUnprocessed) and conn is self._conn:
+                    self._draining.set()
+                refused = exc
 
     async def connect_once(self) -> None:
         """One attempt: connect, then carry the connection until it is lost.
 
         Returns when the attempt failed (``last_error`` says why, and the failure
-        is counted by reason) or the connection ended; ``run`` calls it in a loop.
+        is counted by reason), the connection ended, or its server began to drain
+        (the connection is then retired); ``run`` calls it in a loop. ``state``
+        tells the last outcome while attempts go on: AUTH_FAILED stays until an
+        attempt fails otherwise or succeeds. The backoff starts over after a
+        connection that worked, not after one the server turned away.
         """
-        self.state = TunnelState.CONNECTING
-        try:
-            conn = await self._establish()
-        except TunnelError as exc:
-            self.last_error = str(exc)
-            self.metrics.handshake_failed(_failure_reason(exc))
-            if isinstance(exc, AuthenticationError):
-                self.state = TunnelState.AUTH_FAILED
-                log.error("%s", exc)
+        conn = await self._attempt()
+        if conn is None and self._switch_after_inspection():
+            conn = await self._attempt()
+        if conn is None:
             return
         self._conn = conn
         self.state = TunnelState.CONNECTED
         self.connected_since = time.time()
         self.last_error = ""
-        self._backoff.reset()
         self.metrics.connection_made()
         self._up.set()
         self._report_up()
-        reason = await asyncio.shield(conn.closed)
+        drained = await self._until_closed_or_draining(conn)
         self._up.clear()
+        self._conn = None
+        self.state = TunnelState.CONNECTING
+        self.connected_since = None
+        if drained:
+            self._retire(conn)
+            self._backoff.reset()
+            self.last_error = "the server is draining (shutting down)"
+            return
+        self._count_bytes(conn)
+        reason = conn.closed.result()
+        if conn.refused_by_peer:
+            # Turned away (too many tunnels...): a failure like any other; backoff grows.
+            self.last_error = f"the server refused the tunnel ({reason})"
+            return
+        self._backoff.reset()  # it was a good connection: start over from the shortest wait
+        self.last_error = f"connection lost ({reason})"
+
+    async def _until_closed_or_draining(self, conn: TunnelConnection) -> bool:
+        """Wait until ``conn`` closes (False) or refuses a stream as it drains (True)."""
+        self._draining.clear()
+        draining = asyncio.ensure_future(self._draining.wait())
+        try:
+            either: list[asyncio.Future[Any]] = [conn.closed, draining]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            draining.cancel()
+        return not conn.closed.done()
+
+    def _retire(self, conn: TunnelConnection) -> None:
+        """Leave a draining connection to finish its streams; count it once closed."""
+        log.info(
+            "server %s is draining: %d streams finish on the old tunnel, new ones go on a new one",
+            self.address,
+            conn.active_streams,
+        )
+        self._retired.add(conn)
+
+        def closed(_: object) -> None:
+            self._retired.discard(conn)
+            self._count_bytes(conn)
+
+        conn.closed.add_done_callback(closed)
+
+    def _count_bytes(self, conn: TunnelConnection) -> None:
+        """Fold a finished connection's byte counts into the totals."""
         self.closed_bytes_in += conn.bytes_in
         self.closed_bytes_out += conn.bytes_out
-        self._conn = None
-        self.connected_since = None
-        self.last_error = f"connection lost ({reason})"
+
+    async def _attempt(self) -> TunnelConnection | None:
+        """One attempt on the current transport; None (and ``last_error``) if it failed."""
+        self._last_failure = None
+        try:
+            return await self._establish()
+        except TunnelError as exc:
+            self.last_error = str(exc)
+            self._last_failure = exc
+            self._failed.set()
+            self.metrics.handshake_failed(_failure_reason(exc))
+            if isinstance(exc, AuthenticationError):
+                self.state = TunnelState.AUTH_FAILED
+                log.error("%s", exc)
+            else:
+                self.state = TunnelState.CONNECTING
+            return None
+
+    def _switch_after_inspection(self) -> bool:
+        """``transport: auto``: after TLS inspection on the direct transport, use the
+        WebSocket transport from now on (and say so, once)."""
+        inspected = isinstance(self._last_failure, TLSInspectionDetected)
+        if not (inspected and self.transport_mode == "auto" and self.transport == "direct"):
+            return False
+        log.warning("%s; transport is auto: switching to the WebSocket transport", self.last_error)
+        self.transport = "websocket"
+        return True
+
+    def _route(self) -> Route:
+        """The way to the server on the current transport, to the current ``host``."""
+        if self.transport == "websocket":
+            assert self._websocket is not None
+            ws = self._websocket
+            end = ws.url or WebSocketEndpoint(True, self.host, self.port, name=self.server_name)
+            return WebSocketRoute(
+                end,
+                self.server_name,
+                self._context,
+                ws.outer_context,
+                self._connector,
+                ping_interval=ws.ping_interval,
+                ping_timeout=self._keepalive[1],
+            )
+        return DirectRoute(
+            self.host, self.port, self.server_name, self._context, self._ca_pem, self._connector
+        )
 
     def _report_up(self) -> None:
         """'tunnel up after 0.4 s' the first time, for the person waiting at start."""
+        via = f"{self.transport} transport"
         if self._started is None:
-            log.info("tunnel up: connected to %s", self.address)
+            log.info("tunnel up: connected to %s (%s)", self.address, via)
             return
         waited = asyncio.get_running_loop().time() - self._started
         self._started = None
-        log.info("tunnel up after %.1f s: connected to %s", waited, self.address)
+        log.info("tunnel up after %.1f s: connected to %s (%s)", waited, self.address, via)
 
     async def _establish(self) -> TunnelConnection:
         interval, timeout = self._keepalive
-        conn = TunnelConnection(
+        route = self._route()
+        factory = lambda: TunnelConnection(  # noqa: E731
             Side.AGENT,
             keepalive_interval=interval,
             keepalive_timeout=timeout,
+            stream_idle_timeout=self._stream_idle_timeout,
             peer_name=f"server {self.address}",
         )
-        # The connector and the TLS handshake share one budget; each bounds itself so
-        # its failure names what it waited for. The outer timeout is a safety net.
+        # The path, the TLS handshake(s) and the WebSocket upgrade share one budget;
+        # each step bounds itself so its failure names what it waited for. The outer
+        # timeout is a safety net.
         budget = self._handshake_timeout
-        deadline = asyncio.get_running_loop().time() + budget
         try:
             async with asyncio.timeout(budget + 0.5):
-                streams = await self._connector(self.host, self.port, timeout=budget)
-                remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
-                await attach_tls(
-                    streams,
-                    conn,
-                    self._context,
-                    server_hostname=self.server_name,
-                    timeout=remaining,
-                )
-        except PathError:
-            raise  # names the proxy or the address already
-        except ssl.SSLCertVerificationError as exc:
-            raise HandshakeError(
-                f"cannot verify the server certificate of {self.address} "
-                f"(as {self.server_name}): {exc.verify_message}",
-                handshake_failure_reason(exc),
-            ) from exc
-        except ssl.SSLError as exc:
-            raise HandshakeError(
-                f"TLS with {self.address} failed: {exc}", handshake_failure_reason(exc)
-            ) from exc
-        except (ConnectionError, OSError) as exc:
-            raise HandshakeError(
-                f"cannot connect to {self.address}: {_why(exc)}", "connect_failed"
-            ) from exc
+                conn = await route.open(factory, budget=budget)
         except TimeoutError as exc:
             raise HandshakeError(
-                f"connecting to {self.address} timed out after {budget:g} s",
+                f"connecting to {self.address} ({route.name} transport) timed out after "
+                f"{budget:g} s (handshake_timeout)",
                 "timeout",
             ) from exc
         try:
@@ -310,13 +421,3 @@ def _failure_reason(exc: TunnelError) -> str:
     if isinstance(exc, PathError):
         return "timeout" if exc.status == 504 else "connect_failed"
     return "tls_error"
-
-
-def _why(exc: OSError) -> str:
-    """An OSError as words, even when it carries none (a reset mid-handshake)."""
-    if isinstance(exc, ConnectionResetError | ConnectionAbortedError) and not str(exc):
-        return (
-            "the server closed the connection during the TLS handshake "
-            "(is it a fluidity server speaking TLS 1.3?)"
-        )
-    return str(exc) or type(exc).__name__

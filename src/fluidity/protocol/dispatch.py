@@ -42,6 +42,18 @@ class DriverSession(Protocol):
     @property
     def wants_client_data(self) -> bool: ...
 
+    @property
+    def relaying(self) -> bool:
+        """True while the session only passes bytes on: client bytes would come
+        back as one ``SendUpstream``, upstream bytes as one ``SendClient``. The
+        driver may then move bytes itself and call the session only for ends."""
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for the client's next request (or SOCKS5 handshake), nothing under
+        way: the driver's head timeout runs only now, and a draining agent may close."""
+        ...
+
     def next_event(self) -> ProxyEvent | None: ...
 
     def receive_client(self, data: bytes) -> None: ...
@@ -86,6 +98,15 @@ class SocksRelay:
         return not self._closed and (
             self.core.state in _HANDSHAKE or self.core.state is State.RELAY
         )
+
+    @property
+    def relaying(self) -> bool:
+        return not self._closed and self.core.state is State.RELAY
+
+    @property
+    def idle(self) -> bool:
+        """In the handshake: the client has yet to say where to connect."""
+        return not self._closed and self.core.state in _HANDSHAKE
 
     def next_event(self) -> ProxyEvent | None:
         return self._events.popleft() if self._events else None
@@ -170,6 +191,14 @@ class FirstByteSession:
     @property
     def wants_client_data(self) -> bool:
         return self.inner is None or self.inner.wants_client_data
+
+    @property
+    def relaying(self) -> bool:
+        return self.inner is not None and self.inner.relaying
+
+    @property
+    def idle(self) -> bool:
+        return self.inner is None or self.inner.idle
 
     def next_event(self) -> ProxyEvent | None:
         return None if self.inner is None else self.inner.next_event()

@@ -28,6 +28,7 @@ For one target the first of these that applies decides:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ _V4_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 _NUMBER_LABEL = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
 
 
+@functools.lru_cache(maxsize=4096)  # pure; checked on the path of every new tunnel
 def parse_ip_literal(host: str) -> IPAddress | None:
     """Return the address ``host`` spells, or None when ``host`` is a name, not an address.
 
@@ -493,6 +495,7 @@ _AUTHORITY = re.compile(r"(?:\[(?P<v6>[^\[\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>
 _HOST_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 
 
+@functools.lru_cache(maxsize=4096)  # pure; on the path of every new tunnel and forward
 def parse_authority(authority: str) -> tuple[str, int]:
     """Split a CONNECT authority ``"host:port"`` or ``"[v6]:port"`` into (host, port).
 

@@ -36,7 +36,6 @@ close``. A ``Proxy-Authorization`` value never appears in any message.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -93,7 +92,8 @@ class ClientSession:
 
     ``credentials`` (user, password) makes every CONNECT and forward request require
     ``Proxy-Authorization: Basic`` (else 407). ``local_paths`` maps origin-form paths
-    (no query) to handlers; these need no credentials (the handler sees
+    (no query) to handlers (kept, not copied: share one mapping between sessions);
+    these need no credentials (the handler sees
     ``LocalRequest.authenticated``) and may raise ``ProxyProtocolError(message,
     status)`` to answer an error. ``max_head_size`` bounds a request head (431 beyond
     it) and the client bytes kept behind the current exchange (:attr:`wants_client_data`).
@@ -107,22 +107,30 @@ class ClientSession:
         max_head_size: int = 65536,
     ) -> None:
         self._expected = None if credentials is None else ":".join(credentials).encode()
-        self._local_paths = dict(local_paths)
+        self._local_paths = local_paths
         self._max_head = max_head_size
-        self._events: deque[ProxyEvent] = deque()
+        # A list, not a deque: a session holds a few events at a time, and an
+        # empty deque costs ~600 bytes per idle client connection.
+        self._events: list[ProxyEvent] = []
         self._state = State.IDLE
         self._inbox = bytearray()  # client bytes not yet given to the request parser
         self._client_eof = False
         self._raw_ended = {"client": False, "upstream": False}
         self._exchange: Exchange | None = None
         self._upstream: Upstream | None = None
-        self._parser = self._new_parser()
+        self._served = 0  # exchanges finished on this connection
+        self._parser_conn: h11.Connection | None = self._new_parser()
 
     # -- what the driver reads ------------------------------------------------------
 
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request head (IDLE): nothing is under way on the connection."""
+        return self._state is State.IDLE
 
     @property
     def response_started(self) -> bool:
@@ -140,14 +148,20 @@ class ClientSession:
         open_states = (State.IDLE, State.FORWARDING, State.RAW)
         return self._state in open_states and len(self._inbox) < self._max_head
 
+    @property
+    def relaying(self) -> bool:
+        """Whether the session is RAW: it would hand client bytes back as one
+        ``SendUpstream`` and upstream bytes as one ``SendClient``, so the driver
+        may move them itself and call the session only for ends (``b""``)."""
+        return self._state is State.RAW
+
     def next_event(self) -> ProxyEvent | None:
         """The oldest event not yet taken, or None."""
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def events(self) -> list[ProxyEvent]:
         """Every event not yet taken, oldest first."""
-        taken = list(self._events)
-        self._events.clear()
+        taken, self._events = self._events, []
         return taken
 
     def replayable_request(self) -> bytes | None:
@@ -240,11 +254,27 @@ class ClientSession:
         self._retry()
 
     def head_timed_out(self) -> None:
-        """The client was too slow with a request head: 408 unless one is complete."""
-        if self._state is State.IDLE:
+        """The wait for a request head ran out (the driver's ``head_timeout``). IDLE only.
+
+        A head begun but not finished, or a first request that never came, gets 408.
+        A kept-alive connection that sent no byte of its next request is closed
+        quietly: it was merely idle (RFC 9112 section 9.5). A no-op in other states.
+        """
+        if self._state is not State.IDLE:
+            return
+        if self._served and not self._head_started and not self._inbox:
+            self._close()
+        else:
             self._refuse(408, "no complete request head arrived in time: send requests promptly")
 
     # -- the client side: requests ----------------------------------------------------
+
+    @property
+    def _parser(self) -> h11.Connection:
+        """The request parser; gone once the session is raw (it never parses again)."""
+        if self._parser_conn is None:
+            raise ProxyStateError("a raw session parses no requests")
+        return self._parser_conn
 
     def _new_parser(self) -> h11.Connection:
         self._eof_fed = False
@@ -340,10 +370,11 @@ class ClientSession:
         self._inbox[:0] = self._parser.trailing_data[0]
 
     def _next_request(self) -> None:
+        self._served += 1
         self._take_pipelined()
         self._exchange = None
         self._state = State.IDLE
-        self._parser = self._new_parser()
+        self._parser_conn = self._new_parser()
 
     # -- forwarding one request ---------------------------------------------------------
 
@@ -419,6 +450,7 @@ class ClientSession:
 
     def _go_raw(self) -> None:
         self._state = State.RAW
+        self._parser_conn = None  # about 1 KB per tunnel, never used again
         early = bytes(self._inbox)
         self._inbox.clear()
         if early:

@@ -46,10 +46,18 @@ class Upstream:
     """One tunnel stream and the client-role h11 connection that tracks its framing."""
 
     target: ForwardTarget
-    conn: h11.Connection = field(default_factory=_framing_connection)
     open: bool = False
     eof: bool = False
     spoiled: bool = False  # EOF or stray bytes seen: never reuse
+    _conn: h11.Connection | None = field(default=None, repr=False)
+
+    @property
+    def conn(self) -> h11.Connection:
+        """The framing connection, made on first use: a CONNECT upstream never needs
+        one, and each costs about 1 KB per idle tunnel."""
+        if self._conn is None:
+            self._conn = _framing_connection()
+        return self._conn
 
     def reusable_for(self, target: ForwardTarget) -> bool:
         """Whether the next request, to ``target``, may go over this upstream."""

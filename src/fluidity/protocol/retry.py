@@ -91,9 +91,18 @@ class CircuitBreaker:
         return False  # pragma: no cover - the match is exhaustive
 
     def record_success(self, key: str) -> None:
+        """A connection succeeded: the circuit closes and its failure count starts over."""
         self._circuits.pop(key, None)
 
+    def release(self, key: str) -> None:
+        """An attempt ended with no verdict (cancelled): free the probe, change nothing else."""
+        circuit = self._circuits.get(key)
+        if circuit is not None:
+            circuit.probing = False
+
     def record_failure(self, key: str, now: float) -> None:
+        """A connection failed: one more consecutive failure; at the threshold the
+        circuit opens (again, for a failed probe) for ``reset_after`` from ``now``."""
         circuit = self._circuits.setdefault(key, _Circuit())
         circuit.failures += 1
         circuit.probing = False

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import h2.config
@@ -39,7 +39,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from fluidity.errors import StreamError, TunnelClosed
+from fluidity.errors import StreamError, TooManyStreams, TunnelClosed
 from fluidity.protocol import h2patch
 from fluidity.protocol.events import (
     ConnectionTerminated,
@@ -53,6 +53,7 @@ from fluidity.protocol.events import (
     StreamReset,
     TunnelEvent,
 )
+from fluidity.protocol.h2fast import CountingH2Connection
 
 h2patch.apply()
 
@@ -64,6 +65,24 @@ LOW_WATER = 256 * 1024
 MAX_REASON = 1024
 
 
+MAX_CLOSED_STREAMS = 4096
+
+
+class _H2Connection(CountingH2Connection):
+    """h2's connection (counting open streams cheaply: see ``h2fast``), remembering
+    fewer closed streams.
+
+    h2 keeps how each closed stream ended so that a frame arriving late on a
+    stream we reset is ignored (RFC 9113 section 5.4.2) rather than taken for a
+    protocol error. It remembers 65,536 of them, about 7.5 MiB per connection
+    once a tunnel has carried that many streams. Late frames come within a
+    round trip of the reset; 4,096 covers a round trip even at thousands of
+    streams a second, for about 0.5 MiB.
+    """
+
+    MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
+
+
 class Side(Enum):
     AGENT = "agent"
     SERVER = "server"
@@ -73,7 +92,9 @@ class Side(Enum):
 class _Stream:
     """Our bookkeeping for one stream; h2 keeps the protocol state."""
 
-    pending: deque[bytes | memoryview] = field(default_factory=deque)
+    # None while nothing waits: an empty deque costs ~600 bytes, times every idle
+    # tunnel on both sides.
+    pending: deque[bytes | memoryview] | None = None
     pending_size: int = 0
     end_requested: bool = False
     local_ended: bool = False
@@ -81,7 +102,7 @@ class _Stream:
     source_paused: bool = False
     unacked: int = 0
     rejected_status: int = 0
-    rejected_body: bytearray = field(default_factory=bytearray)
+    rejected_body: bytes = b""
 
 
 class TunnelProtocol:
@@ -94,8 +115,12 @@ class TunnelProtocol:
             validate_inbound_headers=True,
         )
         self.side = side
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2 = _H2Connection(config=config)
         self._streams: dict[int, _Stream] = {}
+        # Streams holding bytes (or an end) that the windows or a congested
+        # transport kept back: the only ones a window update or resume can move.
+        # Walking every stream instead costs O(n) per WINDOW_UPDATE.
+        self._waiting: dict[int, None] = {}  # an ordered set
         self._conn_unacked = 0
         self._output_paused = False
         self._refusing = False
@@ -114,6 +139,8 @@ class TunnelProtocol:
         }
         if self.side is Side.SERVER:
             settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = self._max_streams
+        else:
+            settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0  # see h2fast: no pushed streams
         # A settings *change* after the preface: h2 only raises its inbound
         # frame-size limit once the peer acknowledges it.
         self._h2.update_settings(settings)
@@ -123,8 +150,10 @@ class TunnelProtocol:
         """Bytes to write to the transport, in order; empty when there are none."""
         return self._h2.data_to_send()
 
-    def receive_data(self, data: bytes) -> list[TunnelEvent]:
+    def receive_data(self, data: bytes | memoryview) -> list[TunnelEvent]:
         """Feed bytes read from the transport; return what happened.
+
+        ``data`` is copied before this returns: the caller may reuse its buffer.
 
         Raises ``TunnelClosed`` when the peer broke the protocol; a GOAWAY
         saying why is then waiting in ``data_to_send()``.
@@ -188,7 +217,12 @@ class TunnelProtocol:
         try:
             self._h2.send_headers(stream_id, headers)
         except h2.exceptions.TooManyStreamsError as exc:
-            raise StreamError(f"the tunnel already carries its maximum of streams: {exc}") from exc
+            limit = self._h2.remote_settings.max_concurrent_streams
+            raise TooManyStreams(
+                f"the tunnel already carries {limit} streams, the server's maximum "
+                "(limits.max_streams_per_tunnel in server.yaml): retry when one ends, "
+                "or raise that limit"
+            ) from exc
         except h2.exceptions.ProtocolError as exc:
             raise TunnelClosed(f"tunnel cannot open streams: {exc}") from exc
         self._streams[stream_id] = _Stream()
@@ -225,6 +259,8 @@ class TunnelProtocol:
         if stream is None or stream.end_requested:
             raise StreamError(f"stream {stream_id} is closed for sending")
         if data:
+            if stream.pending is None:
+                stream.pending = deque()
             stream.pending.append(data)
             stream.pending_size += len(data)
             self._flush(stream_id, stream, [])
@@ -243,6 +279,7 @@ class TunnelProtocol:
 
     def reset_stream(self, stream_id: int, error_code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """Abort the stream in both directions; queued bytes are discarded."""
+        self._waiting.pop(stream_id, None)
         if self._streams.pop(stream_id, None) is None:
             return
         try:
@@ -279,8 +316,11 @@ class TunnelProtocol:
             pass  # the peer finished sending; nothing to reopen
 
     def _flush_all(self, events: list[TunnelEvent]) -> None:
-        for stream_id, stream in list(self._streams.items()):
-            if stream.pending or (stream.end_requested and not stream.local_ended):
+        for stream_id in list(self._waiting):
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                del self._waiting[stream_id]
+            else:
                 self._flush(stream_id, stream, events)
 
     def _flush(self, stream_id: int, stream: _Stream, events: list[TunnelEvent]) -> None:
@@ -299,6 +339,11 @@ class TunnelProtocol:
                 h2conn.send_data(stream_id, chunk)
                 stream.pending.popleft()
             stream.pending_size -= size
+        if stream.pending:
+            self._waiting[stream_id] = None
+        else:
+            stream.pending = None
+            self._waiting.pop(stream_id, None)
         if stream.end_requested and not stream.pending and not stream.local_ended:
             stream.local_ended = True
             try:
@@ -316,6 +361,10 @@ class TunnelProtocol:
         match event:
             case h2.events.DataReceived():
                 self._on_data(event, events)
+            case h2.events.WindowUpdated(stream_id=stream_id) if stream_id:
+                stream = self._streams.get(stream_id)
+                if stream is not None and stream_id in self._waiting:
+                    self._flush(stream_id, stream, events)
             case h2.events.WindowUpdated() | h2.events.RemoteSettingsChanged():
                 self._flush_all(events)
             case h2.events.RequestReceived():
@@ -325,6 +374,7 @@ class TunnelProtocol:
             case h2.events.StreamEnded():
                 self._on_stream_ended(event.stream_id, events)
             case h2.events.StreamReset():
+                self._waiting.pop(event.stream_id, None)
                 if self._streams.pop(event.stream_id, None) is not None:
                     events.append(StreamReset(event.stream_id, int(event.error_code)))
             case h2.events.PingAckReceived():
@@ -377,12 +427,22 @@ class TunnelProtocol:
         else:
             stream.rejected_status = status
 
+    def _close_rejected(self, stream_id: int) -> None:
+        # The server ended its side with the refusal; ending ours closes the
+        # stream on both peers. Left half-closed it would count against
+        # MAX_CONCURRENT_STREAMS for the life of the connection.
+        try:
+            self._h2.end_stream(stream_id)
+        except h2.exceptions.ProtocolError:
+            pass  # already closed (reset): nothing to end
+
     def _on_stream_ended(self, stream_id: int, events: list[TunnelEvent]) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
             return
         if stream.rejected_status:
             del self._streams[stream_id]
+            self._close_rejected(stream_id)
             reason = stream.rejected_body.decode(errors="replace").strip()
             events.append(StreamRejected(stream_id, stream.rejected_status, reason))
             return

@@ -1,0 +1,1 @@
+"""Side-by-side performance runs of Fluidity and its baselines; see README.md."""
