@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -11,7 +12,7 @@ import pytest
 from fluidity.certs import QuickstartPKI
 from fluidity.config import Address
 from fluidity.server import Server
-from fluidity.tlsaccept import FailureLog, describe_failure, failure_reason
+from fluidity.tlsaccept import AcceptedSocket, FailureLog, describe_failure, failure_reason
 
 
 class Clock:
@@ -109,3 +110,32 @@ async def test_a_name_with_two_addresses_is_served_on_both_at_one_port(
             assert seen.accepted, (host, seen.detail)
     finally:
         await server.shutdown(drain_timeout=0.5)
+
+
+async def test_an_accepted_socket_is_closed_when_its_handshake_never_started() -> None:
+    # A handshake task cancelled before its first step runs none of its code: only
+    # the done callback can close the socket nobody has taken yet.
+    ours, theirs = socket.socketpair()
+    with theirs:
+        accepted = AcceptedSocket(ours, asyncio.Protocol)
+
+        async def handshake() -> None:
+            accepted.protocol()  # never reached
+
+        task = asyncio.get_running_loop().create_task(handshake())
+        task.add_done_callback(accepted.release)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5.0)  # release, the first done callback, has run
+        assert not accepted.taken and ours.fileno() == -1
+
+
+async def test_an_accepted_socket_the_loop_took_is_left_to_the_loop() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        accepted = AcceptedSocket(ours, asyncio.Protocol)
+        assert isinstance(accepted.protocol(), asyncio.BaseProtocol)
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+        await asyncio.wait_for(task, 5.0)
+        accepted.release(task)
+        assert accepted.taken and ours.fileno() != -1  # the transport closes it, not us

@@ -57,6 +57,11 @@ from fluidity.protocol.tunnel import Side, TunnelProtocol
 
 log = logging.getLogger(__name__)
 
+# Seconds a closing program waits for the peer's TLS close_notify before it aborts
+# the connection (``TunnelConnection.finish``): a loopback or LAN round trip takes
+# milliseconds, one through a busy corporate proxy rarely more than a few hundred.
+CLOSE_GRACE = 1.0
+
 
 class StreamHandler(Protocol):
     """Receives what happens on one tunnel stream."""
@@ -308,14 +313,47 @@ class TunnelConnection(asyncio.BufferedProtocol):
         code = ErrorCodes.ENHANCE_YOUR_CALM if refused else ErrorCodes.NO_ERROR
         self._core.close(code, reason=reason)
         self._flush()
-        if self._transport is not None:
-            self._transport.close()
+        self._close_transport()
 
     def close_now(self, reason: str) -> None:
         """Drop the connection at once; every stream fails with ``reason``."""
         self._fail_all(reason)
         if self._transport is not None:
             self._transport.abort()
+
+    async def finish(self, reason: str, grace: float = CLOSE_GRACE) -> None:
+        """``close(reason)``, and return only once the connection is gone.
+
+        Closing a TLS connection is a round trip: each side sends close_notify
+        and its socket is closed when the peer's arrives (or, in asyncio, after
+        a 30 s shutdown timeout). A program that stopped right after ``close``
+        would leave that socket open behind it, so this waits up to ``grace``
+        seconds for the peer, then aborts the connection, and returns once
+        ``connection_lost`` has run. Never raises on account of the peer.
+        """
+        self.close(reason)
+        if self._transport is None:
+            return  # never connected: nothing to wait for
+        if await self._closed_within(grace):
+            return
+        self.close_now(f"{reason}: {self.peer_name} did not finish closing in {grace:g} s")
+        if not await self._closed_within(grace):  # an abort ends it at the next loop turn
+            log.warning("the connection to %s did not close after an abort", self.peer_name)
+
+    async def _closed_within(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self.closed)
+        except TimeoutError:
+            return False
+        return True
+
+    def _close_transport(self) -> None:
+        # Once only: asyncio's TLS transport forgets its protocol on a second
+        # close(), after which abort() does nothing and a peer that never sends
+        # close_notify holds the socket open for the whole shutdown timeout.
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
 
     # -- stream plumbing (called by TunnelStream) ---------------------------
 
@@ -405,8 +443,8 @@ class TunnelConnection(asyncio.BufferedProtocol):
                 self.goaway_received = True
                 self.goaway = event
                 log.debug("%s sent GOAWAY (code %d): %s", self.peer_name, code, reason)
-                if self.active_streams == 0 and self._transport is not None:
-                    self._transport.close()
+                if self.active_streams == 0:
+                    self._close_transport()
 
     def _settle_open(self, stream_id: int, error: Exception | None) -> None:
         pending = self._opening.pop(stream_id, None)

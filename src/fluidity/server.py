@@ -239,8 +239,11 @@ class Server:
             task.cancel()
         for splice in list(self._splices):
             splice.close()
-        for conn in list(self._connections):
-            conn.close("server shutting down")
+        # GOAWAY and TLS close to every agent at once, and wait for them (bounded):
+        # a server that returned now would leave sockets open behind it.
+        await asyncio.gather(
+            *(conn.finish("server shutting down") for conn in list(self._connections))
+        )
         await self.acceptor.wait_closed()
         if self._websocket_listener is not None:
             await self._websocket_listener.wait_closed()

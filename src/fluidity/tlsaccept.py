@@ -36,7 +36,6 @@ under asyncio and uvloop alike.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import socket
@@ -203,6 +202,10 @@ class TLSListener:
 
     def close(self) -> None:
         """Stop accepting and abandon the handshakes in progress; live connections stay."""
+        # One window remains: a connection the loop accepted in this very turn, its
+        # task not yet resumed, is dropped by the cancellation with the socket
+        # unclosed until collected (``sock_accept`` is a coroutine, its result
+        # unreachable once cancelled). Only a connection racing the shutdown hits it.
         tasks = [*self._accepting, *self._pending]
         for task in tasks:
             task.cancel()
@@ -230,33 +233,30 @@ class TLSListener:
                 log.warning("accepting a connection failed: %s", exc.strerror or exc)
                 await asyncio.sleep(0.1)
                 continue
-            task = loop.create_task(self._handshake(client))
+            accepted = AcceptedSocket(client, self._factory)
+            task = loop.create_task(self._handshake(accepted))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-            # A task cancelled before it ever ran never reaches its own cleanup: the
-            # socket is then nobody's, so close it here (closing twice is harmless).
-            task.add_done_callback(functools.partial(_close_if_cancelled, client))
+            # Closes the socket if the loop never took it, even for a task cancelled
+            # before it ever ran (and so never reached any cleanup of its own).
+            task.add_done_callback(accepted.release)
 
-    async def _handshake(self, client: socket.socket) -> None:
-        peer = _peer_text(client)
+    async def _handshake(self, accepted: AcceptedSocket) -> None:
+        peer = _peer_text(accepted.sock)
         loop = asyncio.get_running_loop()
         try:
             # The loop enforces the handshake timeout itself; the outer bound is a
             # safety net in case an implementation does not.
             async with asyncio.timeout(self._timeout + 1.0):
                 transport, _ = await loop.connect_accepted_socket(
-                    self._factory,
-                    client,
+                    accepted.protocol,
+                    accepted.sock,
                     ssl=self._contexts(),
                     ssl_handshake_timeout=self._timeout,
                 )
         except (OSError, TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
-            client.close()
             self._failed(peer, exc)
             return
-        except asyncio.CancelledError:
-            client.close()
-            raise
         if transport.is_closing():
             return  # its protocol turned it away at once, and said why (see refused)
         self.handshakes_ok += 1
@@ -278,9 +278,33 @@ class TLSListener:
         self._failures.failed(peer, reason, describe_failure(exc, self._timeout))
 
 
-def _close_if_cancelled(sock: socket.socket, task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        sock.close()
+class AcceptedSocket:
+    """One accepted socket on its way to TLS, and who must close it.
+
+    ``connect_accepted_socket`` calls the protocol factory (``protocol``) just
+    before it wraps the socket in a transport; from then on the loop owns the
+    socket and closes it on every path, a failed or cancelled handshake
+    included (closing it here too could pull the descriptor from under a live
+    TLS shutdown). Before that, nobody does: a handshake task cancelled by
+    ``close()`` before its first step never even runs its ``except`` clauses.
+    So ``release``, the task's done callback, closes the socket exactly when
+    the loop never took it.
+    """
+
+    def __init__(self, sock: socket.socket, factory: ProtocolFactory) -> None:
+        self.sock = sock
+        self._factory = factory
+        self.taken = False
+
+    def protocol(self) -> asyncio.BaseProtocol:
+        """The connection's protocol; the loop owns the socket from this call on."""
+        self.taken = True
+        return self._factory()
+
+    def release(self, _task: asyncio.Task[None]) -> None:
+        """Close the socket if the loop never took it."""
+        if not self.taken:
+            self.sock.close()
 
 
 def _listening_socket(family: int, sockaddr: tuple[Any, ...], backlog: int) -> socket.socket:

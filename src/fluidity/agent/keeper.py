@@ -177,9 +177,10 @@ class TunnelKeeper:
         finally:
             self.state = TunnelState.STOPPED
             self._up.clear()
-            for conn in [self._conn, *self._retired]:
-                if conn is not None:
-                    conn.close("agent stopping")
+            # GOAWAY, then wait (bounded) for each TLS close to complete: the
+            # agent's shutdown leaves no socket open behind it.
+            closing = [conn for conn in (self._conn, *self._retired) if conn is not None]
+            await asyncio.gather(*(conn.finish("agent stopping") for conn in closing))
 
     async def wait_ready(self, within: float) -> TunnelConnection:
         """The usable connection, waiting up to ``within`` seconds for one."""
