@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fluidity.certs import ensure_quickstart_pki
-from fluidity.upstream import UpstreamProxyConfig
-from harness import Tunnel, start_tunnel
-from origins import RecordingOrigin
-from squidfix import run_squid
+from fluidity.config.upstream import UpstreamProxyConfig
+from fluidity.pki.certs import ensure_quickstart_pki
+from support.harness import Tunnel, start_tunnel
+from support.origins import RecordingOrigin
+from support.squidfix import run_squid
 
 TIMEOUT = 120.0  # seconds: the bound on each measured step
 

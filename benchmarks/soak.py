@@ -5,7 +5,7 @@
 Prints a sample line every ``--every`` seconds (open tunnels, fds and RSS of
 agent and server), then a summary; exits 1 if descriptors or memory did not
 stay flat after warm-up, or if any tunnel failed. The engine is
-``tests/soak.py`` (``pytest --soak`` runs the same 10 minutes).
+``tests/support/soak.py`` (``pytest --soak`` runs the same 10 minutes).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fluidity.certs import ensure_quickstart_pki
-from soak import MIB, Sample, run_soak
+from fluidity.pki.certs import ensure_quickstart_pki
+from support.soak import MIB, Sample, run_soak
 
 # Each side needs one socket per open tunnel; the churn (hundreds of tunnels a second)
 # adds the few closing as others open. A leak climbs past that and never comes back.

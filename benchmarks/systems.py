@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from fluidity.certs import QuickstartPKI, ensure_quickstart_pki
+from fluidity.pki.certs import QuickstartPKI, ensure_quickstart_pki
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 20.0

@@ -42,13 +42,13 @@ from pathlib import Path
 
 import yaml
 
+from fluidity.agent.path import open_path
 from fluidity.agent.routes import DirectRoute, WebSocketRoute
-from fluidity.certs import QuickstartPKI, ensure_quickstart_pki
-from fluidity.config import WebSocketEndpoint
-from fluidity.connection import TunnelConnection
-from fluidity.path import open_path
+from fluidity.config.schema import WebSocketEndpoint
+from fluidity.pki.certs import QuickstartPKI, ensure_quickstart_pki
 from fluidity.protocol.tunnel import Side
-from fluidity.tls import agent_context, outer_agent_context
+from fluidity.transport.connection import TunnelConnection
+from fluidity.transport.tls import agent_context, outer_agent_context
 
 LOOPBACK = "127.0.0.1"
 MIB = 1024 * 1024

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fluidity.certs import QuickstartPKI, ensure_quickstart_pki
-from harness import Process, Tunnel, start_tunnel
-from origins import RecordingOrigin
+from fluidity.pki.certs import QuickstartPKI, ensure_quickstart_pki
+from support.harness import Process, Tunnel, start_tunnel
+from support.origins import RecordingOrigin
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

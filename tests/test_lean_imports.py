@@ -14,7 +14,7 @@ PROBE = """
 import sys
 from fluidity import cli
 cli.build_parser()
-import fluidity.agent, fluidity.server, fluidity.runtime, fluidity.tls
+import fluidity.agent, fluidity.server.server, fluidity.runtime, fluidity.transport.tls
 heavy = sorted(m for m in sys.modules if m.split(".")[0] == "cryptography")
 print(",".join(heavy))
 """

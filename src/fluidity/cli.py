@@ -15,8 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fluidity import __version__, certs_cli
+from fluidity import __version__
 from fluidity.errors import ConfigError, FluidityError
+from fluidity.observe import logs
+from fluidity.pki import cli as certs_cli
 
 log = logging.getLogger("fluidity")
 
@@ -163,13 +165,13 @@ def _overrides(args: argparse.Namespace, *names: str) -> dict[str, object]:
 
 def _cmd_server(args: argparse.Namespace) -> int:
     from fluidity import runtime
-    from fluidity.config import load_server_config
-    from fluidity.server import Server
+    from fluidity.config.schema import load_server_config
+    from fluidity.server.server import Server
 
     config = load_server_config(
         args.config, overrides=_overrides(args, "listen", "log_level", "log_format")
     )
-    runtime.setup_logging(config.log_level, config.log_format)
+    logs.setup_logging(config.log_level, config.log_format)
 
     async def main(stop: asyncio.Event) -> int:
         server = Server(config)
@@ -187,13 +189,13 @@ def _cmd_server(args: argparse.Namespace) -> int:
 def _cmd_agent(args: argparse.Namespace) -> int:
     from fluidity import runtime
     from fluidity.agent import Agent
-    from fluidity.config import load_agent_config
+    from fluidity.config.schema import load_agent_config
 
     config = load_agent_config(
         args.config,
         overrides=_overrides(args, "listen", "server", "transport", "log_level", "log_format"),
     )
-    runtime.setup_logging(config.log_level, config.log_format)
+    logs.setup_logging(config.log_level, config.log_format)
 
     async def main(stop: asyncio.Event) -> int:
         agent = Agent(config)
@@ -213,7 +215,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    from fluidity.config import Address, load_agent_config, load_server_config
+    from fluidity.config.schema import Address, load_agent_config, load_server_config
 
     if args.address:
         address = Address.parse(args.address)
@@ -231,8 +233,8 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from fluidity import status
-    from fluidity.config import Address, load_agent_config
+    from fluidity.config.schema import Address, load_agent_config
+    from fluidity.observe import status
 
     if args.config is not None:
         target = status.StatusTarget.of(load_agent_config(args.config))
@@ -245,11 +247,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from fluidity import runtime
-
     parser = build_parser()
     args = parser.parse_args(argv)
-    runtime.setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
+    logs.setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         code: int = args.func(args)
     except ConfigError as exc:
@@ -265,9 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(message: str) -> None:
     """A failure, as a plain ``fluidity: ...`` line or, with JSON logs, one JSON record."""
-    from fluidity import runtime
-
-    if runtime.json_logging():
+    if logs.json_logging():
         log.error("%s", message)
     else:
         print(f"fluidity: {message}", file=sys.stderr)

@@ -15,6 +15,7 @@ I/O boundary and nowhere else::
     │   │   └── WebSocketRefused      the WebSocket upgrade was answered with an error status
     │   ├── PathError          no TCP path to a host: directly or through the corporate proxy
     │   │   └── UpstreamProxyError  the corporate proxy would not carry us (407, 403, ...)
+    │   │       └── PacError          the PAC file could not be fetched, run or understood
     │   └── TunnelClosed       the connection ended (GOAWAY, EOF, reset, ping timeout)
     ├── StreamError            one proxied stream failed; the tunnel lives on
     │   ├── StreamRefused      the server answered the CONNECT with an error status
@@ -115,6 +116,10 @@ class PathError(TunnelError):
 class UpstreamProxyError(PathError):
     """The corporate proxy would not carry us to the host (refused credentials, a 403,
     an unreachable proxy); the message names the proxy, what it said and the fix."""
+
+
+class PacError(UpstreamProxyError):
+    """The PAC file could not be fetched or evaluated, or its answer is unusable."""
 
 
 class TunnelClosed(TunnelError):

@@ -17,10 +17,8 @@ import logging
 import time
 from pathlib import Path
 
-from fluidity import progress
 from fluidity.agent import Agent
-from fluidity.certs import QuickstartPKI, ensure_quickstart_pki
-from fluidity.config import (
+from fluidity.config.schema import (
     Address,
     AgentConfig,
     AgentTLS,
@@ -30,7 +28,9 @@ from fluidity.config import (
     TargetsConfig,
 )
 from fluidity.errors import FluidityError
-from fluidity.server import Server
+from fluidity.observe import progress
+from fluidity.pki.certs import QuickstartPKI, ensure_quickstart_pki
+from fluidity.server.server import Server
 
 log = logging.getLogger("fluidity.quickstart")
 

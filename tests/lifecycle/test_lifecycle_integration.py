@@ -12,12 +12,12 @@ from fake_control_plane import STARTING, Answer, FakeControlPlane
 from lifecycle_world import REGION
 
 from fluidity.agent import Agent
-from fluidity.certs import QuickstartPKI
-from fluidity.config import Address
+from fluidity.config.schema import Address
 from fluidity.lifecycle.client import LifecycleConfig
 from fluidity.lifecycle.cloudwatch import CloudWatchConfig, EmfSink, emf_document, metric_data
-from fluidity.server import Activity, Server
-from harness import make_agent_config, make_server_config
+from fluidity.pki.certs import QuickstartPKI
+from fluidity.server.server import Activity, Server
+from support.harness import make_agent_config, make_server_config
 
 READY_HERE: Answer = (200, {"status": "ready", "address": "127.0.0.1"})
 

@@ -3,7 +3,7 @@
 Hosts on the ``direct:`` list are the exception: the agent connects to them
 itself (:mod:`fluidity.agent.direct`). With ``upstream_proxy:`` both the tunnel and
 those direct connections go out through the corporate proxy
-(:mod:`fluidity.path`). The agent also serves its split routing to browsers as a
+(:mod:`fluidity.agent.path`). The agent also serves its split routing to browsers as a
 PAC file at ``/proxy.pac``.
 """
 
@@ -23,19 +23,19 @@ from fluidity import __version__
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
+from fluidity.agent.path import open_path
 from fluidity.agent.routes import WebSocketSettings
-from fluidity.config import AgentConfig
-from fluidity.connection import StreamHandler
+from fluidity.config.schema import AgentConfig
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
-from fluidity.metrics import Metrics, Snapshot
-from fluidity.metricsserver import MetricsServer
-from fluidity.pac import mask_url
-from fluidity.path import open_path
+from fluidity.observe.metrics import Metrics, Snapshot
+from fluidity.observe.metricsserver import MetricsServer
 from fluidity.protocol.dispatch import FirstByteSession, SocksRelay
 from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
+from fluidity.protocol.proxyroute import mask_url
 from fluidity.protocol.retry import Backoff
-from fluidity.tls import agent_context, describe, outer_agent_context
+from fluidity.transport.connection import StreamHandler
+from fluidity.transport.tls import agent_context, describe, outer_agent_context
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
-from fluidity.connection import reset_transport, set_tcp_keepalive
+from fluidity.agent.keeper import TunnelKeeper
+from fluidity.config.schema import AgentConfig
 from fluidity.errors import (
     PathError,
     StreamError,
@@ -43,7 +44,7 @@ from fluidity.errors import (
     TunnelError,
     TunnelUnavailable,
 )
-from fluidity.metrics import target_error_kind
+from fluidity.observe.metrics import Metrics, target_error_kind
 from fluidity.protocol.dispatch import DriverSession
 from fluidity.protocol.proxy import (
     CloseClient,
@@ -54,9 +55,8 @@ from fluidity.protocol.proxy import (
     SendClient,
     SendUpstream,
 )
-
-if TYPE_CHECKING:
-    from fluidity.agent.agent import Agent
+from fluidity.protocol.routing import SplitRouting
+from fluidity.transport.connection import StreamHandler, reset_transport, set_tcp_keepalive
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,24 @@ class Upstream(Protocol):
     def tunnel_alive(self) -> bool: ...
 
 
+class ClientHost(Protocol):
+    """What a client connection needs of the agent that accepted it."""
+
+    config: AgentConfig
+    keeper: TunnelKeeper
+    metrics: Metrics
+    routing: SplitRouting
+    keepalive_clients: bool
+
+    def forget(self, client: ClientConnection) -> None: ...
+
+    async def open_direct(self, host: str, port: int, handler: StreamHandler) -> Upstream: ...
+
+
 class ClientConnection(asyncio.Protocol):
     """Drives a session between a local socket and its upstreams."""
 
-    def __init__(self, agent: Agent, session: DriverSession) -> None:
+    def __init__(self, agent: ClientHost, session: DriverSession) -> None:
         self.agent = agent
         self.session = session
         self.transport: asyncio.Transport | None = None

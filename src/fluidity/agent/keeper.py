@@ -21,7 +21,7 @@ server that is not going away -- and the retired connection carries its
 streams to their end.
 
 The TCP path to the server comes from a connector (by default
-:func:`fluidity.path.open_path` without a proxy; the agent passes its
+:func:`fluidity.agent.path.open_path` without a proxy; the agent passes its
 ``upstream_proxy:``), called afresh for every attempt so a PAC file is
 evaluated again on each reconnect; TLS then runs over that path.
 ``handshake_timeout`` bounds the whole of it: the proxy's CONNECT exchange
@@ -43,6 +43,7 @@ import time
 from enum import Enum
 from typing import Any
 
+from fluidity.agent.path import open_path
 from fluidity.agent.routes import (
     Connector,
     DirectRoute,
@@ -50,8 +51,7 @@ from fluidity.agent.routes import (
     WebSocketRoute,
     WebSocketSettings,
 )
-from fluidity.config import TransportKind, WebSocketEndpoint
-from fluidity.connection import StreamHandler, TunnelConnection, TunnelStream
+from fluidity.config.schema import TransportKind, WebSocketEndpoint
 from fluidity.errors import (
     AuthenticationError,
     FluidityError,
@@ -64,10 +64,10 @@ from fluidity.errors import (
     TunnelUnavailable,
     UpstreamProxyError,
 )
-from fluidity.metrics import Metrics
-from fluidity.path import open_path
+from fluidity.observe.metrics import Metrics
 from fluidity.protocol.retry import Backoff
 from fluidity.protocol.tunnel import Side
+from fluidity.transport.connection import StreamHandler, TunnelConnection, TunnelStream
 
 log = logging.getLogger(__name__)
 

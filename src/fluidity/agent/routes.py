@@ -3,7 +3,7 @@
 ``DirectRoute`` is the tunnel's own TLS 1.3 mTLS connection, HTTP/2 on top.
 ``WebSocketRoute`` opens an ordinary HTTPS connection, upgrades it to a
 WebSocket and runs that same TLS 1.3 mTLS handshake inside the WebSocket's
-binary messages (``fluidity.wslink``). Both end in a ``TunnelConnection``.
+binary messages (``fluidity.transport.wslink``). Both end in a ``TunnelConnection``.
 
 A TLS-inspecting proxy ends TLS itself and answers with a certificate from
 the corporate CA. On the direct route that is a verification failure; the
@@ -22,14 +22,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
-from fluidity.config import WebSocketEndpoint
-from fluidity.connection import TunnelConnection
+from fluidity.agent.path import Streams, attach, attach_tls
+from fluidity.config.schema import WebSocketEndpoint
 from fluidity.errors import HandshakeError, PathError, TLSInspectionDetected, WebSocketRefused
-from fluidity.path import Streams, attach, attach_tls
 from fluidity.protocol.tunnel import Side
 from fluidity.protocol.wschannel import WebSocketChannel
-from fluidity.tls import handshake_failure_reason
-from fluidity.wslink import WebSocketLink
+from fluidity.transport.connection import TunnelConnection
+from fluidity.transport.tls import handshake_failure_reason
+from fluidity.transport.wslink import WebSocketLink
 
 if TYPE_CHECKING:
     # Imported where used, on a failed verification only: the cryptography bindings
@@ -43,7 +43,7 @@ ConnectionFactory = Callable[[], TunnelConnection]
 
 class Connector(Protocol):
     """Opens the TCP path to the server within ``timeout`` seconds: directly, or
-    through a corporate proxy. Raises PathError (see :func:`fluidity.path.open_path`)."""
+    through a corporate proxy. Raises PathError (see :func:`fluidity.agent.path.open_path`)."""
 
     def __call__(self, host: str, port: int, *, timeout: float) -> Awaitable[Streams]: ...
 

@@ -1,0 +1,1 @@
+"""Configuration: the schema (frozen dataclasses) and the loader (YAML, env, flags)."""

@@ -1,0 +1,203 @@
+"""``fluidity certs``: the command-line face of ``fluidity.pki.certs``.
+
+``add_parser`` registers ``certs`` and its subcommands (init, server, client,
+list, revoke, crl) on the main parser's subparsers. Each subcommand leaves a
+``func(args) -> int`` on the namespace; the main CLI runs ``args.func(args)``
+and exits with what it returns. A CertificateError is reported here, as
+``fluidity: error: ...`` on stderr with exit status 2, so ``func`` never raises
+it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fluidity.errors import CertificateError
+
+if TYPE_CHECKING:
+    from fluidity.pki import certs
+
+DIR_ENV = "FLUIDITY_CERTS_DIR"
+EXIT_OK = 0
+EXIT_ERROR = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``certs`` with its subcommands on ``subparsers``."""
+    parser = subparsers.add_parser(
+        "certs",
+        help="create and manage the private CA and its certificates",
+        description="Create and manage the private CA, server and client certificates.",
+    )
+    commands = parser.add_subparsers(dest="certs_command", metavar="COMMAND", required=True)
+
+    init = _command(commands, "init", _run_init, "create the CA (ca.crt, ca.key)")
+    _add_force(init, "replace an existing CA (every certificate it signed stops working)")
+
+    server = _command(commands, "server", _run_server, "issue a server certificate")
+    _add_name(server)
+    server.add_argument(
+        "--dns", action="append", default=[], metavar="NAME", help="a DNS name (repeatable)"
+    )
+    server.add_argument(
+        "--ip", action="append", default=[], metavar="ADDR", help="an IP address (repeatable)"
+    )
+    _add_days(server)
+    _add_force(server, "replace an existing NAME.crt/NAME.key")
+
+    client = _command(commands, "client", _run_client, "issue a client certificate")
+    _add_name(client)
+    _add_days(client)
+    _add_force(client, "replace an existing NAME.crt/NAME.key")
+
+    _command(commands, "list", _run_list, "list certificates with expiry and revocation")
+    revoke = _command(commands, "revoke", _run_revoke, "revoke a certificate (adds it to crl.pem)")
+    _add_name(revoke)
+    _command(commands, "crl", _run_crl, "re-sign crl.pem for 30 more days (empty if none)")
+
+
+def format_table(infos: Sequence[certs.CertInfo], now: dt.datetime) -> str:
+    """Render ``infos`` as an aligned table, marking REVOKED and EXPIRED (as of ``now``)."""
+    header = ("NAME", "SUBJECT", "KIND", "SERIAL", "NOT AFTER (UTC)", "STATUS")
+    rows = [header] + [
+        (
+            info.path.stem,
+            info.subject,
+            info.kind,
+            info.serial,
+            info.not_after.strftime("%Y-%m-%d %H:%M"),
+            _status(info, now),
+        )
+        for info in infos
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _status(info: certs.CertInfo, now: dt.datetime) -> str:
+    marks = [mark for mark, on in (("REVOKED", info.revoked), ("EXPIRED", info.expired(now))) if on]
+    return " ".join(marks) if marks else "ok"
+
+
+# --- handlers -----------------------------------------------------------------
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from fluidity.pki import certs  # imported on use: the server and agent never need it
+
+    files = certs.init_ca(args.dir, force=args.force)
+    print("created the CA:")
+    print(f"  certificate: {files.cert} (give it to servers and agents)")
+    print(f"  private key: {files.key} (keep it safe: it signs everything)")
+    return EXIT_OK
+
+
+def _run_server(args: argparse.Namespace) -> int:
+    from fluidity.pki import certs
+
+    files = certs.issue_server(
+        args.dir, args.name, dns=args.dns, ips=args.ip, force=args.force, days=args.days
+    )
+    _print_issued("server", files)
+    return EXIT_OK
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    from fluidity.pki import certs
+
+    files = certs.issue_client(args.dir, args.name, force=args.force, days=args.days)
+    _print_issued("client", files)
+    return EXIT_OK
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from fluidity.pki import certs
+
+    infos = certs.list_certificates(args.dir)
+    if not infos:
+        print(f"no certificates in {args.dir}")
+    else:
+        print(format_table(infos, dt.datetime.now(dt.UTC)))
+    return EXIT_OK
+
+
+def _run_revoke(args: argparse.Namespace) -> int:
+    from fluidity.pki import certs
+
+    crl = certs.revoke(args.dir, args.name)
+    print(f"revoked {args.name}; updated {crl} (valid 30 days): reload it on the servers")
+    return EXIT_OK
+
+
+def _run_crl(args: argparse.Namespace) -> int:
+    from fluidity.pki import certs
+
+    crl = certs.refresh_crl(args.dir)
+    print(f"wrote {crl} (valid 30 days): reload it on the servers")
+    return EXIT_OK
+
+
+def _print_issued(kind: str, files: certs.IssuedFiles) -> None:
+    print(f"issued a {kind} certificate:")
+    print(f"  certificate: {files.cert}")
+    print(f"  private key: {files.key} (mode 0600)")
+
+
+# --- wiring -------------------------------------------------------------------
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Handler,
+    summary: str,
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:])
+    env_dir = os.environ.get(DIR_ENV) or None
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        required=env_dir is None,
+        default=Path(env_dir) if env_dir else None,
+        help=f"the CA directory (default: ${DIR_ENV}, if set)",
+    )
+    parser.set_defaults(func=_reporting_errors(handler))
+    return parser
+
+
+def _reporting_errors(handler: Handler) -> Handler:
+    """Wrap ``handler`` so a CertificateError becomes a message on stderr and exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except CertificateError as exc:
+            print(f"fluidity: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+
+    return run
+
+
+def _add_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--name", required=True, help="the certificate's name: files NAME.crt/NAME.key, CN=NAME"
+    )
+
+
+def _add_days(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--days", type=int, default=825, metavar="N", help="validity in days (default: 825)"
+    )
+
+
+def _add_force(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--force", action="store_true", help=what)

@@ -1,0 +1,434 @@
+"""The server: an mTLS HTTP/2 listener that dials targets for its agents.
+
+Each agent connection is a ``TunnelConnection``; each CONNECT stream on it
+becomes one dial task (policy, resolution, retries, circuit breaker) and, once
+the target answers, a ``Splice`` that carries bytes with no task at all.
+
+TLS is accepted by ``TLSListener`` (each accepted socket handed to
+``connect_accepted_socket`` with the TLS context current then, so a reloaded
+certificate, CA or CRL reaches the next handshake) so that every failed
+handshake is counted by reason and logged once, rate-limited. Its protocol is
+the front door's ``Handoff``, which gives each connection to the direct
+transport (h2, TLS 1.3, verified client certificate) or to the WebSocket
+transport (whose inner mTLS handshake uses the reloadable inner context); the
+client allow-list and the tunnel limits apply to the tunnel connection either
+way, since both paths end in the same ``_ServerConnection``.
+
+Shutdown drains: the listener closes, new streams are refused with
+REFUSED_STREAM (the agent retries them elsewhere), open streams finish up to
+the deadline, and only then each connection gets its GOAWAY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fluidity.config.schema import Address, ServerConfig
+from fluidity.errors import (
+    CertificateError,
+    ConfigError,
+    HandshakeError,
+    StreamError,
+    TargetError,
+    TunnelError,
+)
+from fluidity.lifecycle.cloudwatch import MetricsPublisher
+from fluidity.observe.metrics import Metrics, Snapshot
+from fluidity.observe.metricsserver import MetricsServer
+from fluidity.protocol.identity import ClientIdentity, IdentityAllowList
+from fluidity.protocol.policy import TargetPolicy
+from fluidity.protocol.retry import CircuitBreaker
+from fluidity.protocol.tunnel import Side
+from fluidity.server.dialer import Dialer, DialSettings
+from fluidity.server.reload import ReloadableContext
+from fluidity.transport.connection import TunnelConnection
+from fluidity.transport.frontdoor import Handoff, ServerContexts, make_link, server_contexts
+from fluidity.transport.splice import Splice
+from fluidity.transport.tls import describe
+from fluidity.transport.tlsaccept import FailureLog, TLSListener
+from fluidity.transport.wslink import WebSocketLink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the server is doing, for operators and the lifecycle control plane."""
+
+    active_connections: int
+    active_streams: int
+    last_activity: float
+
+
+class Server:
+    """Accepts agents, serves their CONNECT streams, drains on shutdown."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        # Every context (the main port's, the inner one of the WebSocket transport,
+        # the public one of websocket.cert) is rebuilt together on reload, so the
+        # next handshake on any path uses the new material.
+        self.tls: ReloadableContext[ServerContexts] = ReloadableContext(
+            lambda: server_contexts(config),
+            _watched_paths(config),
+            on_reloaded=self._close_revoked,
+        )
+        self.clients = IdentityAllowList.from_config(config.clients.allow)
+        policy = TargetPolicy.from_config(
+            config.targets.allow, config.targets.deny, config.targets.ports
+        )
+        self.dialer = Dialer(
+            policy,
+            DialSettings(
+                connect_timeout=config.dial.connect_timeout,
+                attempts=config.dial.attempts,
+                backoff_initial=config.dial.backoff_initial,
+                backoff_max=config.dial.backoff_max,
+            ),
+            CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.reset_after),
+        )
+        self.metrics = Metrics("server")
+        # One rate budget for every failed handshake, whichever listener or layer saw it.
+        self.failures = FailureLog()
+        self.acceptor = TLSListener(
+            lambda: self.tls.current.main,
+            self._make_handoff,
+            config.limits.handshake_timeout,
+            failures=self.failures,
+            on_failure=self.metrics.handshake_failed,
+        )
+        self._started = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._connections: set[_ServerConnection] = set()
+        self._dials: set[asyncio.Task[None]] = set()
+        self._splices: set[Splice] = set()
+        self._last_activity = time.time()
+        self._draining = False
+        self._closed_bytes = (0, 0)  # (in, out) of connections gone, for monotonic counters
+        self.streams_requested = 0
+        self._publisher: asyncio.Task[None] | None = None
+        self.address: tuple[str, int] | None = None
+        self.websocket_address: tuple[str, int] | None = None
+        self._websocket_listener: TLSListener | asyncio.Server | None = None
+        self.metrics.watch(self._snapshot)
+        self.metrics_server = (
+            MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
+        )
+
+    @property
+    def contexts(self) -> ServerContexts:
+        """The TLS contexts the next handshakes use (main port, inner, public)."""
+        return self.tls.current
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The TLS context the next agent handshake on the main port uses."""
+        return self.tls.current.main
+
+    def reload(self, reason: str = "SIGHUP") -> bool:
+        """Reload certificate, key, CA and CRL (and ``websocket.cert``/``key``) for new
+        connections on every path; False keeps the old ones."""
+        return self.tls.reload(reason)
+
+    async def start(self) -> None:
+        """Bind the listener; ``address`` then holds the bound host and port."""
+        loop = asyncio.get_running_loop()
+        listen = self.config.listen
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
+        # The acceptor runs each TLS handshake with the context current at that
+        # moment (hot reload) and logs each failure as one line.
+        try:
+            self.address = await self.acceptor.start(listen.host, listen.port)
+        except OSError as exc:
+            raise _cannot_listen("listen", listen, exc) from exc
+        if self.config.tls.reload_interval > 0:
+            self._watcher = loop.create_task(
+                self.tls.watch(self.config.tls.reload_interval), name="tls-reload-watch"
+            )
+        self._started = True
+        if self.config.cloudwatch is not None:
+            publisher = MetricsPublisher(self.config.cloudwatch)
+            self._publisher = loop.create_task(publisher.run(self.activity), name="cloudwatch")
+        log.info(
+            "fluidity server listening on %s:%d (TLS 1.3, client certificates required%s)",
+            *self.address,
+            f"; WebSocket transport at {self.config.websocket.path}"
+            if self.config.websocket.enabled
+            else "",
+        )
+        if self.config.websocket.listen is not None:
+            await self._start_websocket_listener(self.config.websocket.listen)
+
+    async def _start_websocket_listener(self, listen: Address) -> None:
+        """The ``websocket.listen`` listener: the WebSocket transport alone, over TLS with
+        ``websocket.cert`` or plain HTTP behind a TLS-terminating load balancer."""
+        secure = self.contexts.websocket is not None
+        try:
+            if secure:
+                # Its own TLS acceptor: the public context current at each handshake
+                # (reloaded with the rest), failures counted and logged like the main port's.
+                listener = TLSListener(
+                    self._websocket_context,
+                    self._make_link,
+                    self.config.limits.handshake_timeout,
+                    failures=self.failures,
+                    on_failure=self.metrics.handshake_failed,
+                )
+                self._websocket_listener = listener
+                self.websocket_address = await listener.start(listen.host, listen.port)
+            else:
+                server = await asyncio.get_running_loop().create_server(
+                    self._make_link, listen.host, listen.port, backlog=1024
+                )
+                self._websocket_listener = server
+                sockname = server.sockets[0].getsockname()
+                self.websocket_address = (sockname[0], sockname[1])
+        except OSError as exc:
+            raise _cannot_listen("websocket.listen", listen, exc) from exc
+        log.info(
+            "fluidity server: WebSocket transport on %s:%d at %s (%s)",
+            *self.websocket_address,
+            self.config.websocket.path,
+            "TLS with websocket.cert" if secure else "plain HTTP, for a TLS-terminating proxy",
+        )
+
+    def _websocket_context(self) -> ssl.SSLContext:
+        context = self.tls.current.websocket
+        assert context is not None, "websocket.cert is set, so its context is built"
+        return context
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain within ``drain_timeout``."""
+        if not self._started:
+            await self.start()
+        await stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let open streams finish up to the deadline, then close all."""
+        timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        started = time.monotonic()
+        self._draining = True
+        if self._publisher is not None:
+            self._publisher.cancel()
+        self.acceptor.close()
+        if self._websocket_listener is not None:
+            self._websocket_listener.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for conn in list(self._connections):
+            conn.refuse_new_streams()
+        log.info("draining: %d streams open, waiting up to %.0f s", self._open_streams(), timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                # Streams end in protocol callbacks; a short poll keeps them free of
+                # shutdown bookkeeping on the hot path.
+                while self._open_streams() or self._dials:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.warning(
+                "drain deadline passed with %d streams open: closing them", self._open_streams()
+            )
+        for task in list(self._dials):
+            task.cancel()
+        for splice in list(self._splices):
+            splice.close()
+        # GOAWAY and TLS close to every agent at once, and wait for them (bounded):
+        # a server that returned now would leave sockets open behind it.
+        await asyncio.gather(
+            *(conn.finish("server shutting down") for conn in list(self._connections))
+        )
+        await self.acceptor.wait_closed()
+        if self._websocket_listener is not None:
+            await self._websocket_listener.wait_closed()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+        log.info("drained in %.2f s", time.monotonic() - started)
+
+    def activity(self) -> Activity:
+        """Active agents, active streams and the last time a stream opened."""
+        last = max([self._last_activity, *(c.last_activity for c in self._connections)])
+        return Activity(len(self._connections), self._open_streams(), last)
+
+    # -- connections and streams ------------------------------------------
+
+    def _open_streams(self) -> int:
+        return sum(conn.active_streams for conn in self._connections)
+
+    def _snapshot(self) -> Snapshot:
+        """Live state for a metrics scrape."""
+        closed_in, closed_out = self._closed_bytes
+        circuits: dict[str, int] = {}
+        for state in self.dialer.breaker.states(time.monotonic()).values():
+            circuits[state.value] = circuits.get(state.value, 0) + 1
+        return Snapshot(
+            tunnel_connections=len(self._connections),
+            streams_active={"connect": self._open_streams()},
+            bytes_received=closed_in + sum(c.bytes_in for c in self._connections),
+            bytes_sent=closed_out + sum(c.bytes_out for c in self._connections),
+            circuits=circuits,
+        )
+
+    def _close_revoked(self) -> None:
+        """After a reload: end the live tunnels whose client certificate the CRL now lists."""
+        crl = self.config.tls.crl
+        if crl is None or not self._connections:
+            return
+        # Imported here, on a reload with a CRL: ``certs`` loads the cryptography
+        # bindings, about 15 MB that a server without a CRL never needs.
+        from fluidity.pki.certs import revoked_serials
+
+        try:
+            revoked = revoked_serials(crl.read_bytes(), describe(crl))
+        except (CertificateError, ConfigError) as exc:
+            log.error("cannot read %s to check live tunnels: %s", describe(crl), exc)
+            return
+        for conn in list(self._connections):
+            if conn.identity.serial in revoked:
+                log.warning("closing the tunnel of %s: its certificate is revoked", conn.peer_name)
+                conn.close("client certificate revoked")
+
+    def _make_handoff(self) -> Handoff:
+        make_link = self._make_link if self.config.websocket.enabled else None
+        return Handoff(self._make_connection, make_link, self._handoff_refused)
+
+    def _handoff_refused(self, peer: str, problem: HandshakeError) -> None:
+        """The main port turned a connection away right after its TLS handshake (h2
+        without a client certificate, or over TLS 1.2): a failed handshake of that port."""
+        self.acceptor.refused(peer, problem.reason, str(problem))
+
+    def _refused(self, peer: str, problem: TunnelError) -> None:
+        """A WebSocket transport connection whose inner handshake failed: logged and
+        counted like a failed handshake, by the same reasons."""
+        reason = problem.reason if isinstance(problem, HandshakeError) else "tls_error"
+        self.metrics.handshake_failed(reason)
+        self.failures.failed(peer, reason, str(problem) or type(problem).__name__)
+
+    def _make_connection(self) -> TunnelConnection:
+        conn = _ServerConnection(
+            self,
+            Side.SERVER,
+            keepalive_interval=self.config.keepalive_interval,
+            keepalive_timeout=self.config.keepalive_timeout,
+            max_streams=self.config.limits.max_streams_per_tunnel,
+            stream_idle_timeout=self.config.limits.stream_idle_timeout,
+            on_stream_request=self._on_stream_request,
+        )
+        return conn
+
+    def _make_link(self) -> WebSocketLink:
+        """A WebSocket transport connection; its inner TLS uses the context current now."""
+        return make_link(self.config, self.tls.current.inner, self._make_connection, self._refused)
+
+    def _admit(self, conn: _ServerConnection) -> bool:
+        if self._draining:  # its handshake began before the listener closed
+            conn.refuse_new_streams()
+        if len(self._connections) >= self.config.limits.max_tunnels:
+            log.warning(
+                "refusing agent %s: limits.max_tunnels (%d) reached",
+                conn.peer_name,
+                self.config.limits.max_tunnels,
+            )
+            return False
+        self._connections.add(conn)
+        self.metrics.connection_made()
+        return True
+
+    def _forget(self, conn: _ServerConnection) -> None:
+        if conn in self._connections:
+            self._connections.discard(conn)
+            closed_in, closed_out = self._closed_bytes
+            self._closed_bytes = (closed_in + conn.bytes_in, closed_out + conn.bytes_out)
+        self._last_activity = max(self._last_activity, conn.last_activity)
+
+    def _on_stream_request(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
+        self.streams_requested += 1
+        task = asyncio.get_running_loop().create_task(
+            self._serve_stream(conn, stream_id, authority)
+        )
+        self._dials.add(task)
+        task.add_done_callback(self._dials.discard)
+
+    async def _serve_stream(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
+        splice = Splice(on_close=self._splices.discard)
+        started = time.monotonic()
+        try:
+            transport, _ = await self.dialer.dial(authority, lambda: splice)
+        except TargetError as exc:
+            log.info("%s: CONNECT %s -> %d: %s", conn.peer_name, authority, exc.status, exc)
+            self.metrics.stream_refused(exc.kind, exc.status, time.monotonic() - started)
+            conn.reject(stream_id, exc.status, str(exc))
+            return
+        try:
+            stream = conn.accept(stream_id, splice)
+        except StreamError:
+            transport.abort()  # the agent gave up while we dialled
+            return
+        self._splices.add(splice)
+        splice.attach(stream)
+        self.metrics.stream_opened("connect", time.monotonic() - started)
+        log.debug("%s: CONNECT %s -> 200", conn.peer_name, authority)
+
+
+class _ServerConnection(TunnelConnection):
+    """A tunnel connection that checks its client's identity and registers with its server."""
+
+    def __init__(self, server: Server, side: Side, **kwargs: object) -> None:
+        super().__init__(side, **kwargs)  # type: ignore[arg-type]
+        self._server = server
+        self.identity = ClientIdentity()
+        self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.identity = ClientIdentity.from_peercert(transport.get_extra_info("peercert") or {})
+        where = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer_name = f"{self.identity.label}@{where}"
+        refusal = self._server.clients.refusal(self.identity)
+        if refusal is not None:
+            # Close before a single HTTP/2 byte: the agent reads the silence after
+            # its TLS 1.3 handshake as "my certificate was refused".
+            log.warning("refusing agent %s: %s", where, refusal)
+            self._server.metrics.handshake_failed("certificate_not_allowed")
+            transport.close()
+            return
+        super().connection_made(transport)
+        if not self._server._admit(self):
+            limit = self._server.config.limits.max_tunnels
+            reason = f"too many tunnels: the server's limits.max_tunnels ({limit}) is reached"
+            # Not from inside connection_made: asyncio's TLS transport cannot start its
+            # shutdown before the handshake callback has returned.
+            self._loop.call_soon(lambda: self.close(reason, refused=True))
+            return
+        self._admitted = True
+        kind = transport.get_extra_info("fluidity_transport") or "direct"
+        forwarded = transport.get_extra_info("forwarded_for")
+        via = f", forwarded for {forwarded}" if forwarded else ""
+        log.info("agent connected: %s (%s transport%s)", self.peer_name, kind, via)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._server._forget(self)
+        if self._admitted:
+            log.info("agent disconnected: %s (%s)", self.peer_name, self.closed.result())
+
+
+def _watched_paths(config: ServerConfig) -> list[Path]:
+    """The files a reload rereads: the TLS material and the public WebSocket certificate."""
+    tls, ws = config.tls, config.websocket
+    sources = (tls.ca, tls.cert, tls.key, tls.crl, ws.cert, ws.key)
+    return [source.path for source in sources if source and source.path]
+
+
+def _cannot_listen(key: str, address: Address, exc: OSError) -> ConfigError:
+    where = "--listen or listen: in server.yaml" if key == "listen" else f"{key}: in server.yaml"
+    return ConfigError(
+        f"{key}: cannot listen on {address}: {exc.strerror or exc}; "
+        f"choose another address with {where}"
+    )
