@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import hyperframe.frame
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,7 +18,9 @@ payloads = st.one_of(
 )
 
 
-def test_the_patch_is_installed_at_import() -> None:
+def test_the_patch_is_installed_at_import_where_hyperframe_has_its_shape() -> None:
+    assert h2patch.shape_problem() is None  # the versions pyproject.toml allows
+    assert h2patch.installed()
     assert hyperframe.frame._raw_data_repr is h2patch.raw_data_repr
     assert hyperframe.frame.DataFrame._body_repr is h2patch.data_body_repr
     assert hyperframe.frame.DataFrame.serialize_body is h2patch.data_serialize_body
@@ -99,3 +104,26 @@ def test_an_unpadded_payload_is_not_copied() -> None:
     payload = bytes(256 * 1024)
     frame = hyperframe.frame.DataFrame(1, payload)
     assert frame.serialize_body() is payload
+
+
+def test_a_hyperframe_of_another_shape_keeps_its_own_code(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A release that gave DataFrame a repr of its own is left alone, and the log says so."""
+
+    class NewDataFrame(hyperframe.frame.DataFrame):
+        def _body_repr(self) -> str:
+            return "upstream's own"
+
+    monkeypatch.setattr(hyperframe.frame, "DataFrame", NewDataFrame)
+    monkeypatch.setattr(hyperframe.frame, "_raw_data_repr", h2patch.original_raw_data_repr)
+    with caplog.at_level(logging.DEBUG, logger="fluidity.protocol.h2patch"):
+        assert h2patch.apply() is False
+    assert NewDataFrame._body_repr is not h2patch.data_body_repr
+    assert not h2patch.installed()
+    assert "speed fix not applied (DataFrame has a _body_repr of its own)" in caplog.text
+
+
+def test_a_changed_raw_data_repr_is_noticed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h2patch, "_ORIGINAL", lambda data, width: "changed")
+    assert h2patch.shape_problem() == "_raw_data_repr is not the function it was"

@@ -22,13 +22,25 @@ opening n tunnels O(n^2): 10,000 idle tunnels took 46 s to open.
 
 Pushed streams bypass ``_begin_new_stream``; nobody here pushes (the server
 never does and the agent disables push), so the bound holds.
+
+The two methods replaced are h2 internals. At import the module checks that
+they (and the stream attributes the sweep reads) still have the shape this was
+written against; if a new h2 release changed them, the class keeps h2's own
+counting (correct, O(n) again) and a debug log line says why. CI runs the
+equivalence tests on the lowest and newest h2 allowed.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 from typing import Any
 
+import h2.config
 import h2.connection
+import h2.stream
+
+log = logging.getLogger(__name__)
 
 SWEEP_MIN = 64  # below this many streams a sweep is too cheap to defer
 
@@ -75,3 +87,40 @@ class CountingH2Connection(h2.connection.H2Connection):
         self._live, self._created = live, [0, 0]
         self._sweep_at = max(SWEEP_MIN, len(self.streams) * 3 // 2)
         return opened
+
+
+def shape_problem() -> str | None:
+    """Why ``CountingH2Connection`` does not fit the installed h2, or ``None``."""
+    base: Any = h2.connection.H2Connection
+    expected = {
+        "_begin_new_stream": ["self", "stream_id", "allowed_ids"],
+        "_open_streams": ["self", "remainder"],
+    }
+    for name, parameters in expected.items():
+        if _parameters(getattr(base, name, None)) != parameters:
+            return f"H2Connection.{name} has another signature"
+    probe = base(config=h2.config.H2Configuration(client_side=True))
+    if not isinstance(getattr(probe, "streams", None), dict):
+        return "H2Connection.streams is not a dict"
+    if not hasattr(probe, "_closed_streams"):
+        return "H2Connection._closed_streams is missing"
+    stream: Any = h2.stream.H2Stream
+    names = ("open", "closed", "closed_by")
+    if not all(isinstance(getattr(stream, name, None), property) for name in names):
+        return "H2Stream.open / closed / closed_by are not properties"
+    return None
+
+
+def _parameters(function: Any) -> list[str]:
+    try:
+        return list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+SHAPE_PROBLEM = shape_problem()
+if SHAPE_PROBLEM is not None:
+    # h2's own counting stays in force: the subclass only adds unused attributes.
+    log.debug("h2: cheap stream counting not used (%s)", SHAPE_PROBLEM)
+    del CountingH2Connection._begin_new_stream
+    del CountingH2Connection._open_streams

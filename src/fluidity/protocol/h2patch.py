@@ -23,14 +23,24 @@ The repr replacements look only at the bytes that can appear in the result
 is no padding, so their output is identical for every input;
 ``tests/protocol/test_h2patch.py`` checks that and ``benchmarks/frame_repr.py``
 measures the difference.
+
+A new hyperframe release may change what is replaced here. ``apply`` first
+checks that the replaced pieces still have the expected shape and that the
+replacements give the original's answers on sample frames; if not, it leaves
+hyperframe as it is (slower, still correct) and says so in a debug log line.
+CI runs the equivalence tests on the lowest and newest hyperframe allowed.
 """
 
 from __future__ import annotations
 
 import binascii
+import inspect
+import logging
 from typing import Any
 
 import hyperframe.frame
+
+log = logging.getLogger(__name__)
 
 _ORIGINAL = hyperframe.frame._raw_data_repr
 _ORIGINAL_DATA_SERIALIZE_BODY = hyperframe.frame.DataFrame.serialize_body
@@ -73,12 +83,72 @@ def data_serialize_body(frame: Any) -> bytes:
     return data if type(data) is bytes else bytes(data)
 
 
-def apply() -> None:
-    """Install the fixes; idempotent."""
+def apply() -> bool:
+    """Install the fixes if this hyperframe has the shape they were made for; idempotent.
+
+    Returns whether they are installed.
+    """
+    problem = shape_problem()
+    if problem is not None:
+        log.debug("hyperframe %s: speed fix not applied (%s)", _version(), problem)
+        return False
     hyperframe.frame._raw_data_repr = raw_data_repr
     frame_class: Any = hyperframe.frame.DataFrame
     frame_class._body_repr = data_body_repr
     frame_class.serialize_body = data_serialize_body
+    return True
+
+
+def installed() -> bool:
+    """Whether ``apply`` installed the fixes."""
+    return hyperframe.frame._raw_data_repr is raw_data_repr
+
+
+def shape_problem() -> str | None:
+    """Why the fixes do not fit the installed hyperframe, or ``None`` when they do."""
+    frame_class: Any = hyperframe.frame.DataFrame
+    if not callable(_ORIGINAL) or _parameters(_ORIGINAL) != ["data"]:
+        return "_raw_data_repr is not the function it was"
+    if frame_class.__dict__.get("_body_repr", data_body_repr) is not data_body_repr:
+        return "DataFrame has a _body_repr of its own"
+    for name in ("serialize_body", "serialize_padding_data"):
+        if not callable(getattr(frame_class, name, None)):
+            return f"DataFrame.{name} is missing"
+    return _sample_problem()
+
+
+def _sample_problem() -> str | None:
+    """Compare the replacements with the originals on a few frames."""
+    samples = [(b"", 0), (b"x" * 5, 0), (bytes(range(40)), 0), (b"y" * 3, 4)]
+    for data, pad in samples:
+        frame = hyperframe.frame.DataFrame(1, data=data)
+        if pad:
+            frame.flags.add("PADDED")
+            frame.pad_length = pad
+        body = _ORIGINAL_DATA_SERIALIZE_BODY(frame)
+        if data_serialize_body(frame) != body:
+            return "DataFrame.serialize_body gives other bytes"
+        if data_body_repr(frame) != _ORIGINAL(body):
+            return "DataFrame's repr differs"
+        if raw_data_repr(data) != _ORIGINAL(data):
+            return "_raw_data_repr differs"
+    return None
+
+
+def _parameters(function: Any) -> list[str]:
+    try:
+        return list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hyperframe")
+    except PackageNotFoundError:
+        return "(unknown version)"
 
 
 def original_raw_data_repr(data: bytes | None) -> str:
