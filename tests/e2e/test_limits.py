@@ -155,7 +155,7 @@ async def test_idle_streams_live_forever_by_default(
     assert tunnel.server.config.limits.stream_idle_timeout == 0
     reader, writer = await connect_tunnel(tunnel, origin)
     conn = tunnel.agent.keeper.connection
-    assert conn is not None and conn._idle_timer is None  # no sweep is even scheduled
+    assert conn is not None and not conn._streams.idle.scheduled  # no sweep is even scheduled
     await exchange_inside(reader, writer, origin)
     writer.close()
 

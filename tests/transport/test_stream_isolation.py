@@ -11,7 +11,7 @@ import asyncio
 
 import httpx
 
-from fluidity.transport.connection import TunnelStream
+from fluidity.transport.streams import TunnelStream
 from support.harness import LOOPBACK, Tunnel
 from support.origins import RecordingOrigin
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fluidity.pki.certs import init_ca, issue_server
+from fluidity.transport.innertransport import deliver
 from fluidity.transport.tls import certificate_names, name_matches
-from fluidity.transport.wslink import deliver
 
 
 class SmallBuffers(asyncio.BufferedProtocol):

@@ -34,7 +34,7 @@ from fluidity.protocol.dispatch import FirstByteSession, SocksRelay
 from fluidity.protocol.proxy import ClientSession, LocalRequest, LocalResponse
 from fluidity.protocol.proxyroute import mask_url
 from fluidity.protocol.retry import Backoff
-from fluidity.transport.connection import StreamHandler
+from fluidity.transport.streams import StreamHandler
 from fluidity.transport.tls import agent_context, describe, outer_agent_context
 
 log = logging.getLogger(__name__)

@@ -56,7 +56,8 @@ from fluidity.protocol.proxy import (
     SendUpstream,
 )
 from fluidity.protocol.routing import SplitRouting
-from fluidity.transport.connection import StreamHandler, reset_transport, set_tcp_keepalive
+from fluidity.transport.sockopts import reset_transport, set_tcp_keepalive
+from fluidity.transport.streams import StreamHandler
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ Hosts on the agent.yaml ``direct:`` list (the intranet) are not carried by the
 tunnel: the agent connects to them itself, straight or through the corporate proxy
 when ``upstream_proxy:`` is set (the path is :func:`fluidity.agent.path.open_path`).
 :class:`DirectStream` gives that connection the interface of a
-:class:`~fluidity.transport.connection.TunnelStream` (``write``, ``write_eof``,
+:class:`~fluidity.transport.streams.TunnelStream` (``write``, ``write_eof``,
 ``acknowledge``, ``abort``) and reports to the same
-:class:`~fluidity.transport.connection.StreamHandler` callbacks, so a client connection drives
+:class:`~fluidity.transport.streams.StreamHandler` callbacks, so a client connection drives
 both alike.
 
 Backpressure mirrors HTTP/2 flow control: bytes handed to the handler count as
@@ -23,7 +23,8 @@ from typing import cast
 
 from fluidity.agent.path import attach, open_path
 from fluidity.config.upstream import UpstreamProxyConfig
-from fluidity.transport.connection import StreamHandler, reset_transport, set_tcp_keepalive
+from fluidity.transport.sockopts import reset_transport, set_tcp_keepalive
+from fluidity.transport.streams import StreamHandler
 
 # Bytes given to the handler and not yet acknowledged before the socket is paused:
 # the same order as one HTTP/2 stream window, so a direct route buffers no more

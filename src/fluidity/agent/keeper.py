@@ -67,7 +67,8 @@ from fluidity.errors import (
 from fluidity.observe.metrics import Metrics
 from fluidity.protocol.retry import Backoff
 from fluidity.protocol.tunnel import Side
-from fluidity.transport.connection import StreamHandler, TunnelConnection, TunnelStream
+from fluidity.transport.connection import TunnelConnection
+from fluidity.transport.streams import StreamHandler, TunnelStream
 
 log = logging.getLogger(__name__)
 

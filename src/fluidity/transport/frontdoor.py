@@ -32,6 +32,7 @@ from fluidity.config.schema import FileOrPem, ServerConfig
 from fluidity.errors import ConfigError, HandshakeError, TunnelError
 from fluidity.protocol.tunnel import Side
 from fluidity.protocol.wschannel import WebSocketChannel
+from fluidity.transport.innertransport import deliver
 from fluidity.transport.tls import (
     ALPN,
     certificate_names,
@@ -41,7 +42,7 @@ from fluidity.transport.tls import (
     server_context,
     websocket_context,
 )
-from fluidity.transport.wslink import WebSocketLink, deliver
+from fluidity.transport.wslink import WebSocketLink
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import contextlib
 from collections.abc import Callable
 from typing import cast
 
-from fluidity.transport.connection import TunnelStream, reset_transport, set_tcp_keepalive
+from fluidity.transport.sockopts import reset_transport, set_tcp_keepalive
+from fluidity.transport.streams import TunnelStream
 
 
 class Splice(asyncio.Protocol):

@@ -11,11 +11,12 @@ Outside in, the layers of a WebSocket transport connection are::
 
 ``WebSocketLink`` is the ``asyncio.Protocol`` of the outer connection, and the
 one place that reads it: bytes go up through the channel and the inner TLS,
-plaintext goes to the tunnel protocol. ``InnerTransport`` is the transport the
-tunnel protocol writes to: plaintext goes down through the inner TLS and the
-channel to the outer connection, in the same call. So there are no tasks and
-no queues here, and backpressure is the outer transport's: its
-``pause_writing``/``resume_writing`` pass straight to the tunnel protocol.
+plaintext goes to the tunnel protocol. ``InnerTransport`` (``innertransport``)
+is the transport the tunnel protocol writes to: plaintext goes down through
+the inner TLS and the channel to the outer connection, in the same call. So
+there are no tasks and no queues here, and backpressure is the outer
+transport's: its ``pause_writing``/``resume_writing`` pass straight to the
+tunnel protocol.
 
 The agent side pings under the tunnel's HTTP/2 PINGs: a WebSocket ping every
 ``ping_interval`` is traffic an idle-timeout-minded proxy or load balancer can
@@ -44,6 +45,7 @@ from fluidity.protocol.wschannel import (
     PongReceived,
     WebSocketChannel,
 )
+from fluidity.transport.innertransport import InnerTransport, deliver
 from fluidity.transport.memtls import MemoryTLS
 
 log = logging.getLogger(__name__)
@@ -337,77 +339,6 @@ class WebSocketLink(asyncio.BufferedProtocol):
             f"keepalive timeout: {self.peer} did not answer a WebSocket ping"
         )
         self.abort()
-
-
-class InnerTransport(asyncio.Transport):
-    """What the tunnel protocol sees as its transport: plaintext in and out of the link."""
-
-    def __init__(self, link: WebSocketLink) -> None:
-        super().__init__()
-        self._link = link
-        self._protocol: asyncio.BaseProtocol | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._link.send_plaintext(bytes(data))
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self._link.close()
-
-    def abort(self) -> None:
-        self._link.abort()
-
-    def is_closing(self) -> bool:
-        return self._link.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._link.inner_extra(name, default)
-
-    def pause_reading(self) -> None:
-        if self._link.outer is not None:
-            self._link.outer.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._link.outer is not None:
-            self._link.outer.resume_reading()
-
-    def is_reading(self) -> bool:
-        outer = self._link.outer
-        return outer is not None and outer.is_reading()
-
-    def get_write_buffer_size(self) -> int:
-        outer = self._link.outer
-        return outer.get_write_buffer_size() if outer is not None else 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if self._link.outer is not None:
-            self._link.outer.set_write_buffer_limits(high, low)
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self._protocol is not None
-        return self._protocol
-
-
-def deliver(protocol: asyncio.BaseProtocol, data: bytes) -> None:
-    """Hand ``data`` to a protocol, buffered (``get_buffer``/``buffer_updated``) or not."""
-    if isinstance(protocol, asyncio.BufferedProtocol):
-        view = memoryview(data)
-        while view:
-            buffer = memoryview(protocol.get_buffer(len(view)))
-            size = min(len(buffer), len(view))
-            buffer[:size] = view[:size]
-            protocol.buffer_updated(size)
-            view = view[size:]
-    else:
-        cast(asyncio.Protocol, protocol).data_received(data)
 
 
 def _header(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
