@@ -17,13 +17,8 @@ from fluidity.protocol.events import (
     StreamReset,
     TunnelEvent,
 )
-from fluidity.protocol.tunnel import (
-    HIGH_WATER,
-    MAX_CLOSED_STREAMS,
-    STREAM_WINDOW,
-    Side,
-    TunnelProtocol,
-)
+from fluidity.protocol.tunnel import MAX_CLOSED_STREAMS, Side, TunnelProtocol
+from fluidity.protocol.tunnelflow import HIGH_WATER, STREAM_WINDOW
 
 
 class Pair:
@@ -256,12 +251,12 @@ def test_a_window_update_moves_only_the_waiting_stream() -> None:
     pair.agent.send(blocked, b"x" * (STREAM_WINDOW + 1000))
     at_server = pair.xfer()[1]
     assert len(received(at_server)) == STREAM_WINDOW
-    assert pair.agent._waiting == {blocked: None}
+    assert pair.agent._flow.waiting() == [blocked]
     pair.agent.send(other, b"y")
     pair.server.acknowledge(blocked, STREAM_WINDOW)
     at_server = pair.xfer()[1]
     assert received(at_server) == b"y" + b"x" * 1000
-    assert pair.agent._waiting == {}
+    assert pair.agent._flow.waiting() == []
 
 
 def open_and_reset(pair: Pair, count: int) -> None:

@@ -11,25 +11,17 @@ The agent opens one stream per proxied connection with ``open_stream(authority)`
 ``accept_stream`` or ``reject_stream``. After that a stream carries raw bytes
 both ways.
 
-Flow control is where the theory lives:
-
-* Inbound, the *connection* window is handed back as soon as bytes arrive, so
-  one slow stream never stalls the others; the *stream* window is handed back
-  only when the consumer calls ``acknowledge`` -- after it has passed the bytes
-  on. A stream therefore never buffers more than its window (``STREAM_WINDOW``)
-  in the receiver, and a slow consumer slows exactly its own sender.
-* Outbound, ``send`` queues bytes per stream and writes as much as the peer's
-  windows allow. When a stream's queue passes ``HIGH_WATER`` ``send`` returns
-  False: the caller pauses its source until ``SendBufferDrained``. While the
-  driver's transport is congested (``pause_output``) no DATA is produced, so
-  control frames such as PING never queue behind megabytes of payload.
+Flow control (:mod:`~fluidity.protocol.tunnelflow`) is explicit in both
+directions. Inbound, a stream's window reopens only when the consumer calls
+``acknowledge`` after passing the bytes on, so a slow consumer slows exactly its
+own sender. Outbound, ``send`` returns False once a stream's queue passes
+``HIGH_WATER``: the caller pauses its source until ``SendBufferDrained``; while
+the transport is congested (``pause_output``) no DATA is produced.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import deque
-from dataclasses import dataclass
 from enum import Enum
 
 import h2.config
@@ -45,7 +37,6 @@ from fluidity.protocol.events import (
     ConnectionTerminated,
     DataReceived,
     PingAcknowledged,
-    SendBufferDrained,
     StreamAccepted,
     StreamEnded,
     StreamRejected,
@@ -54,17 +45,12 @@ from fluidity.protocol.events import (
     TunnelEvent,
 )
 from fluidity.protocol.h2fast import CountingH2Connection
+from fluidity.protocol.tunnelflow import CONNECTION_WINDOW, STREAM_WINDOW, FlowControl
 
 h2patch.apply()
 
-STREAM_WINDOW = 4 * 1024 * 1024
-CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME_SIZE = 256 * 1024
-HIGH_WATER = 1024 * 1024
-LOW_WATER = 256 * 1024
 MAX_REASON = 1024
-
-
 MAX_CLOSED_STREAMS = 4096
 
 
@@ -88,23 +74,6 @@ class Side(Enum):
     SERVER = "server"
 
 
-@dataclass(slots=True)
-class _Stream:
-    """Our bookkeeping for one stream; h2 keeps the protocol state."""
-
-    # None while nothing waits: an empty deque costs ~600 bytes, times every idle
-    # tunnel on both sides.
-    pending: deque[bytes | memoryview] | None = None
-    pending_size: int = 0
-    end_requested: bool = False
-    local_ended: bool = False
-    remote_ended: bool = False
-    source_paused: bool = False
-    unacked: int = 0
-    rejected_status: int = 0
-    rejected_body: bytes = b""
-
-
 class TunnelProtocol:
     """One side of a tunnel connection: h2 plus per-stream buffering and flow control."""
 
@@ -116,17 +85,10 @@ class TunnelProtocol:
         )
         self.side = side
         self._h2 = _H2Connection(config=config)
-        self._streams: dict[int, _Stream] = {}
-        # Streams holding bytes (or an end) that the windows or a congested
-        # transport kept back: the only ones a window update or resume can move.
-        # Walking every stream instead costs O(n) per WINDOW_UPDATE.
-        self._waiting: dict[int, None] = {}  # an ordered set
-        self._conn_unacked = 0
-        self._output_paused = False
+        self._flow = FlowControl(self._h2)
         self._refusing = False
         self._ping_ids = itertools.count(1)
         self._max_streams = max_streams
-        self._finished: list[int] = []
 
     # -- connection ---------------------------------------------------------
 
@@ -175,13 +137,12 @@ class TunnelProtocol:
 
     def pause_output(self) -> None:
         """The transport is congested: produce no more DATA until ``resume_output``."""
-        self._output_paused = True
+        self._flow.pause()
 
     def resume_output(self) -> list[TunnelEvent]:
         """The transport drained: send what the windows allow."""
-        self._output_paused = False
         events: list[TunnelEvent] = []
-        self._flush_all(events)
+        self._flow.resume(events)
         return events
 
     def refuse_new_streams(self) -> None:
@@ -201,7 +162,7 @@ class TunnelProtocol:
 
     @property
     def open_streams(self) -> int:
-        return len(self._streams)
+        return len(self._flow)
 
     @property
     def is_open(self) -> bool:
@@ -225,17 +186,17 @@ class TunnelProtocol:
             ) from exc
         except h2.exceptions.ProtocolError as exc:
             raise TunnelClosed(f"tunnel cannot open streams: {exc}") from exc
-        self._streams[stream_id] = _Stream()
+        self._flow.add(stream_id)
         return stream_id
 
     def accept_stream(self, stream_id: int) -> None:
         """Server: the target is connected; answer 200. ``StreamError`` if the agent gave up."""
-        if stream_id not in self._streams:
+        if self._flow.get(stream_id) is None:
             raise StreamError(f"stream {stream_id} was reset by the agent")
         try:
             self._h2.send_headers(stream_id, [(b":status", b"200")])
         except h2.exceptions.ProtocolError as exc:
-            self._streams.pop(stream_id, None)
+            self._flow.forget(stream_id)
             raise StreamError(f"stream {stream_id} cannot be accepted: {exc}") from exc
 
     def reject_stream(self, stream_id: int, status: int, reason: str) -> None:
@@ -251,36 +212,22 @@ class TunnelProtocol:
             self._h2.send_data(stream_id, body, end_stream=True)
         except h2.exceptions.StreamClosedError:
             pass  # the agent gave up first
-        self._streams.pop(stream_id, None)
+        self._flow.forget(stream_id)
 
     def send(self, stream_id: int, data: bytes) -> bool:
-        """Queue bytes for the stream; False means: pause the source until drained."""
-        stream = self._streams.get(stream_id)
-        if stream is None or stream.end_requested:
-            raise StreamError(f"stream {stream_id} is closed for sending")
-        if data:
-            if stream.pending is None:
-                stream.pending = deque()
-            stream.pending.append(data)
-            stream.pending_size += len(data)
-            self._flush(stream_id, stream, [])
-        if stream.pending_size >= HIGH_WATER:
-            stream.source_paused = True
-            return False
-        return True
+        """Queue bytes for the stream; False means: pause the source until drained.
+
+        ``StreamError`` if the stream is gone or was ended for sending.
+        """
+        return self._flow.queue(stream_id, data)
 
     def end_stream(self, stream_id: int) -> None:
         """Half-close: no more bytes from us after those queued."""
-        stream = self._streams.get(stream_id)
-        if stream is None or stream.end_requested:
-            return
-        stream.end_requested = True
-        self._flush(stream_id, stream, [])
+        self._flow.end(stream_id)
 
     def reset_stream(self, stream_id: int, error_code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """Abort the stream in both directions; queued bytes are discarded."""
-        self._waiting.pop(stream_id, None)
-        if self._streams.pop(stream_id, None) is None:
+        if self._flow.forget(stream_id) is None:
             return
         try:
             self._h2.reset_stream(stream_id, error_code=error_code)
@@ -289,84 +236,26 @@ class TunnelProtocol:
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         """The consumer has taken ``size`` bytes of the stream: reopen its window."""
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            return
-        stream.unacked += size
-        if stream.unacked >= STREAM_WINDOW // 4:
-            self._open_stream_window(stream_id, stream)
+        self._flow.acknowledge(stream_id, size)
 
     def take_finished(self) -> list[int]:
         """Streams that ended cleanly in both directions since the last call."""
-        finished, self._finished = self._finished, []
-        return finished
+        return self._flow.take_finished()
 
     def pending(self, stream_id: int) -> int:
         """Bytes queued for the stream but not yet written."""
-        stream = self._streams.get(stream_id)
-        return stream.pending_size if stream else 0
+        return self._flow.pending(stream_id)
 
     # -- internals ----------------------------------------------------------
-
-    def _open_stream_window(self, stream_id: int, stream: _Stream) -> None:
-        increment, stream.unacked = stream.unacked, 0
-        try:
-            self._h2.increment_flow_control_window(increment, stream_id=stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass  # the peer finished sending; nothing to reopen
-
-    def _flush_all(self, events: list[TunnelEvent]) -> None:
-        for stream_id in list(self._waiting):
-            stream = self._streams.get(stream_id)
-            if stream is None:
-                del self._waiting[stream_id]
-            else:
-                self._flush(stream_id, stream, events)
-
-    def _flush(self, stream_id: int, stream: _Stream, events: list[TunnelEvent]) -> None:
-        h2conn = self._h2
-        while stream.pending and not self._output_paused:
-            window = h2conn.local_flow_control_window(stream_id)
-            if window <= 0:
-                break
-            chunk = stream.pending[0]
-            size = min(window, h2conn.max_outbound_frame_size, len(chunk))
-            if size < len(chunk):
-                view = memoryview(chunk)
-                h2conn.send_data(stream_id, view[:size])
-                stream.pending[0] = view[size:]
-            else:
-                h2conn.send_data(stream_id, chunk)
-                stream.pending.popleft()
-            stream.pending_size -= size
-        if stream.pending:
-            self._waiting[stream_id] = None
-        else:
-            stream.pending = None
-            self._waiting.pop(stream_id, None)
-        if stream.end_requested and not stream.pending and not stream.local_ended:
-            stream.local_ended = True
-            try:
-                h2conn.end_stream(stream_id)
-            except h2.exceptions.StreamClosedError:
-                stream.remote_ended = True
-            if stream.remote_ended:
-                del self._streams[stream_id]
-                self._finished.append(stream_id)
-        if stream.source_paused and stream.pending_size <= LOW_WATER:
-            stream.source_paused = False
-            events.append(SendBufferDrained(stream_id))
 
     def _dispatch(self, event: h2.events.Event, events: list[TunnelEvent]) -> None:
         match event:
             case h2.events.DataReceived():
                 self._on_data(event, events)
             case h2.events.WindowUpdated(stream_id=stream_id) if stream_id:
-                stream = self._streams.get(stream_id)
-                if stream is not None and stream_id in self._waiting:
-                    self._flush(stream_id, stream, events)
+                self._flow.window_opened(stream_id, events)
             case h2.events.WindowUpdated() | h2.events.RemoteSettingsChanged():
-                self._flush_all(events)
+                self._flow.flush_all(events)
             case h2.events.RequestReceived():
                 self._on_request(event, events)
             case h2.events.ResponseReceived():
@@ -374,8 +263,7 @@ class TunnelProtocol:
             case h2.events.StreamEnded():
                 self._on_stream_ended(event.stream_id, events)
             case h2.events.StreamReset():
-                self._waiting.pop(event.stream_id, None)
-                if self._streams.pop(event.stream_id, None) is not None:
+                if self._flow.forget(event.stream_id) is not None:
                     events.append(StreamReset(event.stream_id, int(event.error_code)))
             case h2.events.PingAckReceived():
                 events.append(PingAcknowledged(event.ping_data))
@@ -387,11 +275,8 @@ class TunnelProtocol:
                 pass  # settings acks, pings (h2 answers them), priority: nothing to do
 
     def _on_data(self, event: h2.events.DataReceived, events: list[TunnelEvent]) -> None:
-        self._conn_unacked += event.flow_controlled_length
-        if self._conn_unacked >= CONNECTION_WINDOW // 2:
-            self._h2.increment_flow_control_window(self._conn_unacked)
-            self._conn_unacked = 0
-        stream = self._streams.get(event.stream_id)
+        self._flow.received(event.flow_controlled_length)
+        stream = self._flow.get(event.stream_id)
         if stream is None:
             return  # data racing our reset: the connection window is already handed back
         padding = event.flow_controlled_length - len(event.data)
@@ -399,7 +284,7 @@ class TunnelProtocol:
             stream.rejected_body += event.data[: MAX_REASON - len(stream.rejected_body)]
             padding = event.flow_controlled_length
         if padding:
-            self.acknowledge(event.stream_id, padding)
+            self._flow.acknowledge(event.stream_id, padding)
         if event.data and not stream.rejected_status:
             events.append(DataReceived(event.stream_id, event.data))
 
@@ -410,15 +295,15 @@ class TunnelProtocol:
             self._h2.reset_stream(stream_id, error_code=ErrorCodes.REFUSED_STREAM)
             return
         if headers.get(b":method") != b"CONNECT" or b":authority" not in headers:
-            self._streams[stream_id] = _Stream()
+            self._flow.add(stream_id)
             self.reject_stream(stream_id, 405, "this is a Fluidity server: only CONNECT is served")
             return
-        self._streams[stream_id] = _Stream()
+        self._flow.add(stream_id)
         authority = headers[b":authority"].decode("ascii", errors="replace")
         events.append(StreamRequested(stream_id, authority))
 
     def _on_response(self, event: h2.events.ResponseReceived, events: list[TunnelEvent]) -> None:
-        stream = self._streams.get(event.stream_id)
+        stream = self._flow.get(event.stream_id)
         if stream is None:
             return
         status = int(dict(event.headers or [])[b":status"])
@@ -437,17 +322,14 @@ class TunnelProtocol:
             pass  # already closed (reset): nothing to end
 
     def _on_stream_ended(self, stream_id: int, events: list[TunnelEvent]) -> None:
-        stream = self._streams.get(stream_id)
+        stream = self._flow.get(stream_id)
         if stream is None:
             return
         if stream.rejected_status:
-            del self._streams[stream_id]
+            self._flow.forget(stream_id)
             self._close_rejected(stream_id)
             reason = stream.rejected_body.decode(errors="replace").strip()
             events.append(StreamRejected(stream_id, stream.rejected_status, reason))
             return
-        stream.remote_ended = True
         events.append(StreamEnded(stream_id))
-        if stream.local_ended:
-            del self._streams[stream_id]  # both directions are done
-            self._finished.append(stream_id)
+        self._flow.end_remote(stream_id, stream)

@@ -1,0 +1,248 @@
+"""The HTTP half of a client session, sans-I/O: reading requests, forwarding them.
+
+:class:`HttpSession` is the middle layer of
+:class:`~fluidity.protocol.proxy.ClientSession`, on top of
+:class:`~fluidity.protocol.proxyrelay.RelaySession`. A server-role h11 connection
+parses the client's bytes; each request head is then routed:
+
+- origin-form: answered by the driver's local handler, or 400;
+- ``CONNECT host:port``: an upstream is opened (OPENING), then the session turns raw;
+- absolute-form: forwarded over the held upstream when its target repeats and it is
+  reusable, else over a new one; the body follows as it arrives.
+
+The response is fed to the exchange (:mod:`~fluidity.protocol.proxyexchange`), which
+says where it ends: then the next pipelined request is parsed (IDLE), the client
+closed, or, after a ``101``, the session turns raw. A reused upstream that closes
+before answering gets the request replayed once on a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import h11
+
+from fluidity.errors import ProxyProtocolError
+from fluidity.protocol import httpwire
+from fluidity.protocol.httpwire import ForwardTarget
+from fluidity.protocol.proxyevents import (
+    LocalHandler,
+    OpenUpstream,
+    ProxyStateError,
+    SendClient,
+    SendUpstream,
+    State,
+    local_request,
+)
+from fluidity.protocol.proxyexchange import BodyEvent, Exchange, Progress, Upstream
+from fluidity.protocol.proxyrelay import RelaySession
+
+
+class HttpSession(RelaySession):
+    """Reads the client's HTTP/1.1 requests and forwards each one, with its response.
+
+    ``expected`` is ``user:password`` as bytes (None: no credentials asked);
+    ``local_paths`` and ``max_head`` are :class:`~fluidity.protocol.proxy.ClientSession`'s.
+    """
+
+    def __init__(
+        self, expected: bytes | None, local_paths: Mapping[str, LocalHandler], max_head: int
+    ) -> None:
+        super().__init__()
+        self._expected = expected
+        self._local_paths = local_paths
+        self._max_head = max_head
+        self._served = 0  # exchanges finished on this connection
+        self._parser_conn: h11.Connection | None = self._new_parser()
+
+    # -- the client side: requests ----------------------------------------------------
+
+    @property
+    def _parser(self) -> h11.Connection:
+        """The request parser; gone once the session is raw (it never parses again)."""
+        if self._parser_conn is None:
+            raise ProxyStateError("a raw session parses no requests")
+        return self._parser_conn
+
+    def _new_parser(self) -> h11.Connection:
+        self._eof_fed = False
+        self._head_started = False
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+
+    def _parsing_client(self) -> bool:
+        if self._state is State.IDLE:
+            return True
+        ex = self._exchange
+        return self._state is State.FORWARDING and not (ex is not None and ex.request_complete)
+
+    def _pump_client(self) -> None:
+        try:
+            while self._parsing_client():
+                self._feed_parser()
+                event = self._parser.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return
+                self._on_client_event(event)
+        except h11.RemoteProtocolError as exc:
+            self._fail(exc.error_status_hint, httpwire.client_error_text(exc, self._max_head))
+
+    def _feed_parser(self) -> None:
+        if not self._head_started:  # RFC 9112 §2.2: skip empty lines before a request
+            del self._inbox[: len(self._inbox) - len(self._inbox.lstrip(b"\r\n"))]
+        if self._inbox:
+            self._head_started = True
+            self._parser.receive_data(bytes(self._inbox))
+            self._inbox.clear()
+        if self._client_eof and not self._eof_fed:
+            self._eof_fed = True
+            self._parser.receive_data(b"")
+
+    def _on_client_event(self, event: object) -> None:
+        match event:
+            case h11.Request():
+                try:
+                    self._route(event)
+                except ProxyProtocolError as exc:
+                    self._refuse(exc.status, str(exc))
+            case h11.Data():
+                self._forward_body(h11.Data(data=bytes(event.data)))
+            case h11.EndOfMessage():
+                self._forward_body(h11.EndOfMessage(headers=event.headers.raw_items()))
+            case h11.ConnectionClosed():
+                self._close()
+
+    def _route(self, request: h11.Request) -> None:
+        if request.http_version not in (b"1.0", b"1.1"):
+            version = request.http_version.decode()
+            raise ProxyProtocolError(f"HTTP/{version} is not supported: speak HTTP/1.1", 505)
+        httpwire.check_head(request, self._max_head)
+        if request.target.startswith(b"/") or request.target == b"*":
+            self._answer_locally(request)
+            return
+        httpwire.require_credentials(request.headers.raw_items(), self._expected)
+        if request.method == b"CONNECT":
+            self._open_tunnel(request, *httpwire.parse_connect_target(request.target))
+        else:
+            self._begin_forward(
+                request, httpwire.parse_absolute_target(request.method, request.target)
+            )
+
+    def _answer_locally(self, request: h11.Request) -> None:
+        handler = self._local_paths.get(request.target.partition(b"?")[0].decode("latin-1"))
+        if handler is None:
+            raise ProxyProtocolError("this is a proxy: send absolute-form requests or CONNECT")
+        raw = request.headers.raw_items()
+        authenticated = self._expected is None or httpwire.credentials_match(raw, self._expected)
+        answer = handler(
+            local_request(request.method, request.target, raw, authenticated=authenticated)
+        )
+        # A local request with a body is answered, and the connection closed unread.
+        ended = isinstance(self._parser.next_event(), h11.EndOfMessage)
+        keep = ended and httpwire.client_keeps_alive(request)
+        self._emit(SendClient(answer.encode(head_only=request.method == b"HEAD", keep_alive=keep)))
+        if keep:
+            self._next_request()
+        else:
+            self._close()
+
+    def _open_tunnel(self, request: h11.Request, host: str, port: int) -> None:
+        if httpwire.has_body(request.headers.raw_items()):
+            raise ProxyProtocolError("a CONNECT request carries no body: send the head alone")
+        self._parser.next_event()  # the EndOfMessage of a bodiless request
+        self._take_pipelined()  # what follows the head is tunnel data
+        target = ForwardTarget(host, port, b"")
+        self._exchange = Exchange(request, target, "connect")
+        self._open_upstream(target, "connect")
+
+    def _take_pipelined(self) -> None:
+        """After a request's end, what the parser holds beyond it goes back to the inbox."""
+        self._inbox[:0] = self._parser.trailing_data[0]
+
+    def _next_request(self) -> None:
+        self._served += 1
+        self._take_pipelined()
+        self._exchange = None
+        self._state = State.IDLE
+        self._parser_conn = self._new_parser()
+
+    # -- forwarding one request ---------------------------------------------------------
+
+    def _begin_forward(self, request: h11.Request, target: ForwardTarget) -> None:
+        ex = self._exchange = Exchange(request, target, "forward")
+        up = self._upstream
+        if up is not None and up.reusable_for(target):
+            up.conn.start_next_cycle()
+            ex.reused_upstream = True
+            self._state = State.FORWARDING
+            self._emit(SendUpstream(ex.start(up)))
+        else:
+            self._open_upstream(target, "forward")
+
+    def _open_upstream(self, target: ForwardTarget, kind: str) -> None:
+        if self._upstream is not None:
+            self._drop_upstream()
+        self._upstream = Upstream(target)
+        self._state = State.OPENING
+        self._emit(OpenUpstream(target.host, target.port, kind))
+
+    def _forward_body(self, event: BodyEvent) -> None:
+        up, ex = self._current()
+        data = ex.body(up, event)
+        if data:
+            self._emit(SendUpstream(data))
+        if ex.request_complete:
+            self._take_pipelined()
+
+    def _retry(self) -> None:
+        ex = self._exchange
+        assert ex is not None
+        self._open_upstream(ex.target, "forward")
+        up, _ = self._current()
+        ex.pending_replay = ex.restart(up)
+
+    # -- the upstream side: the response ------------------------------------------------
+
+    def _receive_response(self, up: Upstream, data: bytes) -> None:
+        _, ex = self._current()
+        try:
+            to_client, progress = ex.response(up, data)
+        except h11.RemoteProtocolError as exc:
+            self._response_broken(up, ex, data, str(exc))
+            return
+        if to_client:
+            self._emit(SendClient(to_client))
+        if progress is Progress.SWITCHED:
+            self._go_raw()
+        elif progress is Progress.ENDED:
+            self._end_response(up, ex)
+
+    def _response_broken(self, up: Upstream, ex: Exchange, data: bytes, why: str) -> None:
+        # A kept-alive upstream that closes before answering most likely timed out
+        # while idle: the classic case for one replay on a fresh upstream.
+        if not data and ex.reused_upstream and ex.replayable() is not None:
+            self._drop_upstream()
+            self._retry()
+            return
+        what = "closed the connection" if not data else "sent an invalid response"
+        self._fail(502, f"the target {up.authority} {what} before the response ended: {why}")
+
+    def _end_response(self, up: Upstream, ex: Exchange) -> None:
+        if not ex.client_may_continue(up):
+            self._close()
+            return
+        if up.spoiled:
+            self._drop_upstream()
+        self._next_request()
+        self._pump_client()
+
+    # -- turning raw ----------------------------------------------------------------------
+
+    def _go_raw(self) -> None:
+        self._state = State.RAW
+        self._parser_conn = None  # about 1 KB per tunnel, never used again
+        early = bytes(self._inbox)
+        self._inbox.clear()
+        if early:
+            self._emit(SendUpstream(early))
+        if self._client_eof:
+            self._relay_client(b"")
