@@ -43,8 +43,8 @@ import h11
 
 from fluidity.errors import ProxyProtocolError
 from fluidity.protocol import httpwire
+from fluidity.protocol.authority import parse_authority
 from fluidity.protocol.httpwire import ForwardTarget
-from fluidity.protocol.policy import parse_authority
 from fluidity.protocol.proxyevents import (
     CloseClient,
     CloseUpstream,
