@@ -13,14 +13,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fluidity.errors import ConfigError, PolicyRefused
-from fluidity.protocol.policy import (
-    IPAddress,
-    TargetPolicy,
-    Verdict,
-    normalise,
-    parse_authority,
-    parse_ip_literal,
-)
+from fluidity.protocol.addresses import IPAddress, normalise, parse_ip_literal
+from fluidity.protocol.policy import TargetPolicy, Verdict
 
 DEFAULT = TargetPolicy()
 PORT = 443
@@ -198,33 +192,6 @@ def test_every_spelling_of_the_metadata_address_is_refused(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        pytest.param("127.1", "127.0.0.1", id="short-form"),
-        pytest.param("0x7f.1", "127.0.0.1", id="hex-short-form"),
-        pytest.param("0X7F.0.0.01", "127.0.0.1", id="uppercase-hex-octal"),
-        pytest.param("2130706433", "127.0.0.1", id="decimal"),
-        pytest.param("017700000001", "127.0.0.1", id="octal-whole"),
-        pytest.param("000000000000000000000177.1", "127.0.0.1", id="octal-long-zeros"),
-        pytest.param("0x000000000000000000007f000001", "127.0.0.1", id="hex-long-zeros"),
-        pytest.param("0", "0.0.0.0", id="zero"),
-        pytest.param("4294967295", "255.255.255.255", id="largest-decimal"),
-        pytest.param("[::1]", "::1", id="bracketed-v6"),
-        pytest.param("::FFFF:127.0.0.1", "::ffff:7f00:1", id="uppercase-mapped"),
-    ],
-)
-def test_parse_ip_literal_reads_what_inet_aton_reads(text: str, expected: str) -> None:
-    assert parse_ip_literal(text) == ip_address(expected)
-
-
-@pytest.mark.parametrize(
-    "text", ["example.com", "localhost", "1e100.net", "123.example.com", "0x7f.example", "a"]
-)
-def test_parse_ip_literal_leaves_names_alone(text: str) -> None:
-    assert parse_ip_literal(text) is None
-
-
-@pytest.mark.parametrize(
     ("text", "problem"),
     [
         pytest.param("1.2.3.256", "out of range", id="octet-too-big"),
@@ -249,28 +216,6 @@ def test_parse_ip_literal_rejects_malformed_addresses(text: str, problem: str) -
     with pytest.raises(ValueError, match=problem):
         parse_ip_literal(text)
     assert refused(DEFAULT.check_request(text, PORT), problem)
-
-
-@pytest.mark.parametrize(
-    ("address", "expected"),
-    [
-        pytest.param("::ffff:10.0.0.1", "10.0.0.1", id="ipv4-mapped"),
-        pytest.param("::10.0.0.1", "10.0.0.1", id="ipv4-compatible"),
-        pytest.param("::ffff:0:10.0.0.1", "10.0.0.1", id="ipv4-translated"),
-        pytest.param("64:ff9b::10.0.0.1", "10.0.0.1", id="nat64"),
-        pytest.param("64:ff9b:1:a00:0:100::", "10.0.0.1", id="nat64-local-use"),
-        pytest.param("2002:a00:1::", "10.0.0.1", id="6to4"),
-        pytest.param("2002:a00:1:ffff::1", "10.0.0.1", id="6to4-with-host-bits"),
-        pytest.param("::", "::", id="unspecified-stays"),
-        pytest.param("::1", "::1", id="loopback-stays"),
-        pytest.param("64:ff9c::a00:1", "64:ff9c::a00:1", id="beside-nat64-stays"),
-        pytest.param("2606:4700::1111", "2606:4700::1111", id="global-v6-stays"),
-        pytest.param("fe80::1", "fe80::1", id="link-local-stays"),
-        pytest.param("10.0.0.1", "10.0.0.1", id="ipv4-stays"),
-    ],
-)
-def test_normalise_finds_the_embedded_ipv4_address(address: str, expected: str) -> None:
-    assert normalise(ip_address(address)) == ip_address(expected)
 
 
 # ------------------------------------------------------------ allow and deny ----
@@ -607,70 +552,6 @@ def test_malformed_ports_are_config_errors(ports: list[int], message: str) -> No
     with pytest.raises(ConfigError) as raised:
         TargetPolicy.from_config(ports=ports)
     assert message in str(raised.value)
-
-
-# ---------------------------------------------------------------- authority ----
-
-
-@pytest.mark.parametrize(
-    ("authority", "expected"),
-    [
-        pytest.param("example.com:443", ("example.com", 443), id="name"),
-        pytest.param("Example.COM:80", ("Example.COM", 80), id="case-kept"),
-        pytest.param("1.2.3.4:1", ("1.2.3.4", 1), id="ipv4"),
-        pytest.param("[::1]:8080", ("::1", 8080), id="ipv6"),
-        pytest.param("[::ffff:1.2.3.4]:65535", ("::ffff:1.2.3.4", 65535), id="mapped-max-port"),
-        pytest.param("example.com.:443", ("example.com.", 443), id="trailing-dot"),
-        pytest.param("_srv.example.com:443", ("_srv.example.com", 443), id="underscore"),
-        pytest.param("example.com:00443", ("example.com", 443), id="leading-zeros"),
-    ],
-)
-def test_parse_authority_splits_host_and_port(authority: str, expected: tuple[str, int]) -> None:
-    assert parse_authority(authority) == expected
-
-
-@pytest.mark.parametrize(
-    ("authority", "problem"),
-    [
-        pytest.param("", "empty", id="empty"),
-        pytest.param("example.com", "port is missing", id="no-port"),
-        pytest.param("example.com:", "port is missing", id="empty-port"),
-        pytest.param(":443", "host is empty", id="empty-host"),
-        pytest.param("[]:443", "host is empty", id="empty-brackets"),
-        pytest.param("example.com:0", "not a number 1-65535", id="port-zero"),
-        pytest.param("example.com:65536", "not a number 1-65535", id="port-too-big"),
-        pytest.param("example.com:443443", "not a number 1-65535", id="port-six-digits"),
-        pytest.param("example.com:-1", "not a number 1-65535", id="negative-port"),
-        pytest.param("example.com:+443", "not a number 1-65535", id="plus-port"),
-        pytest.param("example.com:4_43", "not a number 1-65535", id="underscore-port"),
-        pytest.param("example.com:\uff14\uff14\uff13", "not ASCII", id="fullwidth-port"),
-        pytest.param("ex ample.com:443", "whitespace", id="space-in-host"),
-        pytest.param("example.com :443", "whitespace", id="space-before-colon"),
-        pytest.param("example.com:443\r\n", "whitespace", id="crlf"),
-        pytest.param("example.com\x00:443", "control", id="nul"),
-        pytest.param("example.com\x7f:443", "control", id="del"),
-        pytest.param("user@example.com:443", "userinfo", id="userinfo"),
-        pytest.param("user:pw@example.com:443", "userinfo", id="userinfo-password"),
-        pytest.param("example.com:443/path", "path", id="path"),
-        pytest.param("example.com/x:443", "path", id="path-in-host"),
-        pytest.param("example.com:443?q", "path or query", id="query"),
-        pytest.param("exa\\mple.com:443", "path", id="backslash"),
-        pytest.param("%65xample.com:443", "percent-encoding", id="percent-encoded"),
-        pytest.param("[fe80::1%25eth0]:443", "zone id", id="zone-id"),
-        pytest.param("b\u00fccher.example:443", "IDNA", id="unicode-host"),
-        pytest.param("::1:443", "must be in brackets", id="unbracketed-ipv6"),
-        pytest.param("[::1]", "[address]:port", id="bracketed-without-port"),
-        pytest.param("[::1]443", "[address]:port", id="no-colon-after-bracket"),
-        pytest.param("[1.2.3.4]:443", "brackets are for IPv6", id="bracketed-ipv4"),
-        pytest.param("[example.com]:443", "brackets are for IPv6", id="bracketed-name"),
-        pytest.param("exa!mple.com:443", "characters other than", id="bang-in-host"),
-        pytest.param("a" * 255 + ":443", "longer than 254", id="host-too-long"),
-    ],
-)
-def test_parse_authority_rejects_malformed_input(authority: str, problem: str) -> None:
-    with pytest.raises(ValueError, match="is not a valid host:port") as raised:
-        parse_authority(authority)
-    assert problem in str(raised.value)
 
 
 # --------------------------------------------------------------- properties ----

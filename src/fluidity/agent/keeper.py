@@ -5,11 +5,11 @@ restart, network reset, a middlebox killing an idle connection, a laptop
 waking from sleep (caught by the keepalive PING) -- it reconnects with
 exponential backoff and full jitter, logging each attempt and its reason.
 
-A connection counts as up only once the server has spoken HTTP/2 to us: with
-TLS 1.3 the client finishes its handshake before the server has checked the
-client certificate, so a refused certificate shows up as the connection
-ending before the first byte. That case is reported as an authentication
-failure naming our certificate.
+Each attempt is a :class:`fluidity.agent.dialer.TunnelDialer` dial: the TCP
+path (through the ``upstream_proxy:`` if any, a PAC file evaluated again on
+each attempt), TLS, and the server's first HTTP/2 word, all within
+``handshake_timeout``. A connection the server closes before that first word
+refused our certificate: the attempt is reported as an authentication failure.
 
 Client requests wait for the tunnel (``connect_wait``) instead of failing
 the moment it blinks.
@@ -19,13 +19,6 @@ while its open ones finish. The first refusal retires the connection: the
 keeper connects again at once -- behind a load balancer, most likely to a
 server that is not going away -- and the retired connection carries its
 streams to their end.
-
-The TCP path to the server comes from a connector (by default
-:func:`fluidity.agent.path.open_path` without a proxy; the agent passes its
-``upstream_proxy:``), called afresh for every attempt so a PAC file is
-evaluated again on each reconnect; TLS then runs over that path.
-``handshake_timeout`` bounds the whole of it: the proxy's CONNECT exchange
-included.
 
 The connection goes over the direct transport or the WebSocket transport
 (``fluidity.agent.routes``). With ``transport: auto`` the keeper starts direct
@@ -43,30 +36,21 @@ import time
 from enum import Enum
 from typing import Any
 
+from fluidity.agent.dialer import TunnelDialer, failure_reason
 from fluidity.agent.path import open_path
-from fluidity.agent.routes import (
-    Connector,
-    DirectRoute,
-    Route,
-    WebSocketRoute,
-    WebSocketSettings,
-)
-from fluidity.config.schema import TransportKind, WebSocketEndpoint
+from fluidity.agent.routes import Connector, WebSocketSettings
+from fluidity.config.schema import TransportKind
 from fluidity.errors import (
     AuthenticationError,
     FluidityError,
-    HandshakeError,
-    PathError,
     StreamUnprocessed,
     TLSInspectionDetected,
     TunnelClosed,
     TunnelError,
     TunnelUnavailable,
-    UpstreamProxyError,
 )
 from fluidity.observe.metrics import Metrics
 from fluidity.protocol.retry import Backoff
-from fluidity.protocol.tunnel import Side
 from fluidity.transport.connection import TunnelConnection
 from fluidity.transport.streams import StreamHandler, TunnelStream
 
@@ -106,21 +90,26 @@ class TunnelKeeper:
         self.host = host
         self.port = port
         self.server_name = server_name
-        self._context = context
-        self._cert_description = cert_description
-        self._keepalive = (keepalive_interval, keepalive_timeout)
-        self._handshake_timeout = handshake_timeout
         self.connect_wait = connect_wait
-        self._stream_idle_timeout = stream_idle_timeout
         self._backoff = backoff or Backoff(0.5, 30.0)
-        self._connector: Connector = connector or functools.partial(open_path, None)
-        self._ca_pem = ca_pem
         if transport != "direct" and websocket is None:
             raise ValueError(f"transport {transport!r} needs WebSocket settings")
+        self._dialer = TunnelDialer(
+            port=port,
+            server_name=server_name,
+            context=context,
+            cert_description=cert_description,
+            connector=connector or functools.partial(open_path, None),
+            keepalive_interval=keepalive_interval,
+            keepalive_timeout=keepalive_timeout,
+            handshake_timeout=handshake_timeout,
+            stream_idle_timeout=stream_idle_timeout,
+            ca_pem=ca_pem,
+            websocket=websocket,
+        )
         self.transport_mode: TransportKind = transport
         self.transport: str = "websocket" if transport == "websocket" else "direct"
         """The transport in use: ``direct`` or ``websocket`` (``auto`` starts direct)."""
-        self._websocket = websocket
         self._last_failure: TunnelError | None = None
         self._failed = asyncio.Event()
         self._conn: TunnelConnection | None = None
@@ -313,12 +302,12 @@ class TunnelKeeper:
         """One attempt on the current transport; None (and ``last_error``) if it failed."""
         self._last_failure = None
         try:
-            return await self._establish()
+            return await self._dialer.dial(self.host, self.transport)
         except TunnelError as exc:
             self.last_error = str(exc)
             self._last_failure = exc
             self._failed.set()
-            self.metrics.handshake_failed(_failure_reason(exc))
+            self.metrics.handshake_failed(failure_reason(exc))
             if isinstance(exc, AuthenticationError):
                 self.state = TunnelState.AUTH_FAILED
                 log.error("%s", exc)
@@ -336,25 +325,6 @@ class TunnelKeeper:
         self.transport = "websocket"
         return True
 
-    def _route(self) -> Route:
-        """The way to the server on the current transport, to the current ``host``."""
-        if self.transport == "websocket":
-            assert self._websocket is not None
-            ws = self._websocket
-            end = ws.url or WebSocketEndpoint(True, self.host, self.port, name=self.server_name)
-            return WebSocketRoute(
-                end,
-                self.server_name,
-                self._context,
-                ws.outer_context,
-                self._connector,
-                ping_interval=ws.ping_interval,
-                ping_timeout=self._keepalive[1],
-            )
-        return DirectRoute(
-            self.host, self.port, self.server_name, self._context, self._ca_pem, self._connector
-        )
-
     def _report_up(self) -> None:
         """'tunnel up after 0.4 s' the first time, for the person waiting at start."""
         via = f"{self.transport} transport"
@@ -364,61 +334,3 @@ class TunnelKeeper:
         waited = asyncio.get_running_loop().time() - self._started
         self._started = None
         log.info("tunnel up after %.1f s: connected to %s (%s)", waited, self.address, via)
-
-    async def _establish(self) -> TunnelConnection:
-        interval, timeout = self._keepalive
-        route = self._route()
-        factory = lambda: TunnelConnection(  # noqa: E731
-            Side.AGENT,
-            keepalive_interval=interval,
-            keepalive_timeout=timeout,
-            stream_idle_timeout=self._stream_idle_timeout,
-            peer_name=f"server {self.address}",
-        )
-        # The path, the TLS handshake(s) and the WebSocket upgrade share one budget;
-        # each step bounds itself so its failure names what it waited for. The outer
-        # timeout is a safety net.
-        budget = self._handshake_timeout
-        try:
-            async with asyncio.timeout(budget + 0.5):
-                conn = await route.open(factory, budget=budget)
-        except TimeoutError as exc:
-            raise HandshakeError(
-                f"connecting to {self.address} ({route.name} transport) timed out after "
-                f"{budget:g} s (handshake_timeout)",
-                "timeout",
-            ) from exc
-        try:
-            return await self._await_first_word(conn)
-        except asyncio.CancelledError:
-            conn.close_now("agent stopping")  # not ours yet: run()'s cleanup cannot see it
-            raise
-
-    async def _await_first_word(self, conn: TunnelConnection) -> TunnelConnection:
-        try:
-            async with asyncio.timeout(self._handshake_timeout):
-                await conn.ready
-        except TunnelClosed as exc:
-            raise AuthenticationError(
-                f"authentication failed: the server {self.address} closed the connection "
-                f"right after the TLS handshake, refusing our client certificate "
-                f"{self._cert_description} (revoked, expired, not issued by its CA, "
-                f"or not on its allow-list?): {exc}"
-            ) from exc
-        except TimeoutError as exc:
-            conn.close_now("no HTTP/2 preface")
-            raise HandshakeError(
-                f"server {self.address} did not speak HTTP/2 in time", "no_http2"
-            ) from exc
-        return conn
-
-
-def _failure_reason(exc: TunnelError) -> str:
-    """The metrics label of a failed connection attempt."""
-    if isinstance(exc, HandshakeError):
-        return exc.reason
-    if isinstance(exc, UpstreamProxyError):
-        return "upstream_proxy"
-    if isinstance(exc, PathError):
-        return "timeout" if exc.status == 504 else "connect_failed"
-    return "tls_error"

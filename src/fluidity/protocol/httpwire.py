@@ -27,7 +27,7 @@ from http import HTTPStatus
 import h11
 
 from fluidity.errors import ProxyProtocolError
-from fluidity.protocol.policy import parse_authority
+from fluidity.protocol.authority import parse_authority
 
 Header = tuple[bytes, bytes]
 
@@ -51,7 +51,7 @@ def parse_connect_target(authority: bytes) -> tuple[str, int]:
 
     The host is lower-cased and bare (no IPv6 brackets). Raises ``ProxyProtocolError``
     (400) naming what is wrong: a missing or out-of-range port, an empty host,
-    userinfo, a path, whitespace (checks of :func:`fluidity.protocol.policy.parse_authority`).
+    userinfo, a path, whitespace (checks of :func:`fluidity.protocol.authority.parse_authority`).
     """
     try:
         host, port = parse_authority(authority.decode("latin-1"))

@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from fluidity.protocol.policy import parse_authority
+from fluidity.protocol.authority import parse_authority
 from fluidity.protocol.proxyevents import (
     CloseClient,
     CloseUpstream,

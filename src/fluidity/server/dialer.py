@@ -25,7 +25,9 @@ from fluidity.errors import (
     ResolveError,
     TargetError,
 )
-from fluidity.protocol.policy import TargetPolicy, Verdict, parse_authority, parse_ip_literal
+from fluidity.protocol.addresses import parse_ip_literal
+from fluidity.protocol.authority import parse_authority
+from fluidity.protocol.policy import TargetPolicy, Verdict
 from fluidity.protocol.retry import Backoff, CircuitBreaker
 
 log = logging.getLogger(__name__)
