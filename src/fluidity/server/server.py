@@ -280,9 +280,9 @@ class Server:
         crl = self.config.tls.crl
         if crl is None or not self._connections:
             return
-        # Imported here, on a reload with a CRL: ``certs`` loads the cryptography
+        # Imported here, on a reload with a CRL: ``revocation`` loads the cryptography
         # bindings, about 15 MB that a server without a CRL never needs.
-        from fluidity.pki.certs import revoked_serials
+        from fluidity.pki.revocation import revoked_serials
 
         try:
             revoked = revoked_serials(crl.read_bytes(), describe(crl))
