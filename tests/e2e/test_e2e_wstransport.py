@@ -152,7 +152,7 @@ async def test_websocket_transport_carries_http_connect_and_websockets(
 async def test_both_transports_share_the_servers_one_port(
     pki: QuickstartPKI, origin: RecordingOrigin, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="fluidity.server.server")
+    caplog.set_level(logging.INFO, logger="fluidity.server.connection")
     tunnel = await start(pki, agent={"transport": "websocket"})
     assert tunnel.server.address is not None
     direct = Agent(make_agent_config(pki, tunnel.server.address[1]))

@@ -48,8 +48,8 @@ def quiet(tunnel: Tunnel, origin: RecordingOrigin, gated: GatedOrigin) -> bool:
     return not (
         tunnel.agent.clients
         or server.activity().active_streams
-        or server._splices
-        or server._dials
+        or server.streams.splices
+        or server.streams.dials
         or origin.writers
         or gated.writers
     )
@@ -73,7 +73,7 @@ async def test_200_connections_reset_mid_stream_leave_no_file_descriptors_or_tas
         server = tunnel.server
         await wait_for(lambda: not tunnel.agent.clients, within=20)
         await wait_for(lambda: server.activity().active_streams == 0, within=20)
-        assert not server._splices and not server._dials
+        assert not server.streams.splices and not server.streams.dials
         gated.release()  # the origin's held answers now write into reset sockets and end
         await wait_for(lambda: quiet(tunnel, origin, gated), within=20)
         await wait_for(lambda: counts() == before, within=20)  # sockets close in callbacks

@@ -67,7 +67,7 @@ async def test_a_head_over_64_kib_gets_431_and_no_stream(
     request = f"GET {origin.url}/ HTTP/1.1\r\nHost: x\r\n".encode() + big + b"\r\n"
     status, _, body = await exchange(tunnel.proxy_port, request)
     assert status == 431 and b"over 65536 bytes" in body
-    assert tunnel.server.streams_requested == 0 and origin.heads == []
+    assert tunnel.server.streams.requested == 0 and origin.heads == []
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ async def test_a_head_over_64_kib_gets_431_and_no_stream(
 async def test_a_garbage_request_line_gets_400(tunnel: Tunnel, garbage: bytes) -> None:
     status, _, _ = await exchange(tunnel.proxy_port, garbage)
     assert status == 400
-    assert tunnel.server.streams_requested == 0
+    assert tunnel.server.streams.requested == 0
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ async def test_a_connect_with_a_malformed_authority_gets_400_and_opens_nothing(
     request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
     status, _, _ = await exchange(tunnel.proxy_port, request)
     assert status == 400
-    assert tunnel.server.streams_requested == 0
+    assert tunnel.server.streams.requested == 0
 
 
 async def test_a_head_that_arrives_too_slowly_gets_408_and_the_connection_closes(
@@ -119,7 +119,7 @@ async def test_a_head_that_arrives_too_slowly_gets_408_and_the_connection_closes
         finally:
             writer.transport.abort()
         assert answer.startswith(b"HTTP/1.1 408 ")
-        assert t.server.streams_requested == 0
+        assert t.server.streams.requested == 0
 
 
 async def test_two_hundred_slow_clients_do_not_hold_up_a_legitimate_one(
@@ -190,13 +190,13 @@ async def test_an_open_listener_asks_for_proxy_credentials(
             t.proxy_port, f"{bare}Proxy-Authorization: Basic {bad}\r\n\r\n".encode()
         )
         assert status == 407
-        assert t.server.streams_requested == 0
+        assert t.server.streams.requested == 0
         status, _, _ = await exchange(
             t.proxy_port,
             f"{bare}Proxy-Authorization: Basic {good}\r\n\r\n".encode(),
             read_body=False,
         )
-        assert status == 200 and t.server.streams_requested == 1
+        assert status == 200 and t.server.streams.requested == 1
         # The same port speaks SOCKS5: without username/password it offers nothing.
         reader, writer = await asyncio.open_connection("127.0.0.1", t.proxy_port)
         try:
@@ -204,7 +204,7 @@ async def test_an_open_listener_asks_for_proxy_credentials(
             assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"\x05\xff"
         finally:
             writer.transport.abort()
-        assert t.server.streams_requested == 1
+        assert t.server.streams.requested == 1
 
 
 # -- the server's TLS listener under a flood ---------------------------------------------

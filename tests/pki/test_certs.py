@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fluidity.errors import CertificateError
-from fluidity.pki import certs
+from fluidity.pki import certs, inventory, keyfiles, revocation
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
 
@@ -235,7 +235,7 @@ def test_a_client_certificate_from_another_ca_is_refused(pki: Path, tmp_path: Pa
 
 
 def test_a_revoked_client_is_refused_and_the_others_still_get_in(pki: Path) -> None:
-    crl = certs.revoke(pki, "alice")
+    crl = revocation.revoke(pki, "alice")
     server_ctx = server_context(pki, crl=crl)
 
     with pytest.raises(HandshakeFailed) as failed:
@@ -246,7 +246,7 @@ def test_a_revoked_client_is_refused_and_the_others_still_get_in(pki: Path) -> N
 
 
 def test_an_empty_crl_from_refresh_lets_every_client_in(pki: Path) -> None:
-    crl = certs.refresh_crl(pki)
+    crl = revocation.refresh_crl(pki)
 
     assert list(x509.load_pem_x509_crl(crl.read_bytes())) == []
     handshake(client_context(pki, "alice"), server_context(pki, crl=crl))
@@ -369,7 +369,7 @@ def test_a_new_ca_directory_is_owner_only_whatever_the_umask(tmp_path: Path, uma
         os.umask(old)
 
     assert stat.S_IMODE((tmp_path / "pki").stat().st_mode) == 0o700
-    certs.check_private_key_file(tmp_path / "pki" / "ca.key")
+    keyfiles.check_private_key_file(tmp_path / "pki" / "ca.key")
 
 
 @posix_only
@@ -382,7 +382,7 @@ def test_force_replaces_a_world_readable_key_with_an_owner_only_one(pki: Path) -
 
     assert key.read_bytes() != old
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    certs.check_private_key_file(key)
+    keyfiles.check_private_key_file(key)
 
 
 @posix_only
@@ -392,7 +392,7 @@ def test_an_owner_only_key_passes_the_check(tmp_path: Path, mode: int) -> None:
     key.write_bytes(b"key")
     key.chmod(mode)
 
-    certs.check_private_key_file(key)
+    keyfiles.check_private_key_file(key)
 
 
 @posix_only
@@ -407,13 +407,13 @@ def test_a_key_others_can_use_fails_the_check_with_the_fix(
     key.chmod(mode)
 
     with pytest.raises(CertificateError) as raised:
-        certs.check_private_key_file(key)
+        keyfiles.check_private_key_file(key)
     assert f"is {word} by others; run: chmod 600 {key}" in str(raised.value)
 
 
 def test_a_missing_key_fails_the_check(tmp_path: Path) -> None:
     with pytest.raises(CertificateError, match="cannot read private key"):
-        certs.check_private_key_file(tmp_path / "absent.key")
+        keyfiles.check_private_key_file(tmp_path / "absent.key")
 
 
 # --- refusals ----------------------------------------------------------------------
@@ -424,8 +424,8 @@ def test_issuing_without_a_ca_says_to_run_init(tmp_path: Path) -> None:
     attempts: list[Callable[[], object]] = [
         lambda: certs.issue_server(tmp_path, "server"),
         lambda: certs.issue_client(tmp_path, "alice"),
-        lambda: certs.revoke(tmp_path, "alice"),
-        lambda: certs.refresh_crl(tmp_path),
+        lambda: revocation.revoke(tmp_path, "alice"),
+        lambda: revocation.refresh_crl(tmp_path),
     ]
     for attempt in attempts:
         with pytest.raises(CertificateError) as raised:
@@ -443,7 +443,7 @@ def test_an_existing_ca_is_not_replaced_without_force(ca_dir: Path) -> None:
 
 
 def test_replacing_the_ca_with_force_drops_the_old_crl(pki: Path) -> None:
-    certs.revoke(pki, "alice")
+    revocation.revoke(pki, "alice")
     old_ca = (pki / "ca.crt").read_bytes()
 
     certs.init_ca(pki, force=True)
@@ -553,9 +553,9 @@ def test_revoking_keeps_earlier_entries_and_is_idempotent(pki: Path) -> None:
     assert isinstance(ca_key, ec.EllipticCurvePublicKey)
     serial = {name: load_cert(pki / f"{name}.crt").serial_number for name in ("alice", "bob")}
 
-    certs.revoke(pki, "alice")
-    certs.revoke(pki, "bob")
-    crl = x509.load_pem_x509_crl(certs.revoke(pki, "alice").read_bytes())
+    revocation.revoke(pki, "alice")
+    revocation.revoke(pki, "bob")
+    crl = x509.load_pem_x509_crl(revocation.revoke(pki, "alice").read_bytes())
 
     assert sorted(entry.serial_number for entry in crl) == sorted(serial.values())
     assert crl.is_signature_valid(ca_key)
@@ -565,7 +565,7 @@ def test_revoking_keeps_earlier_entries_and_is_idempotent(pki: Path) -> None:
 
 
 def test_the_crl_is_valid_for_thirty_days(pki: Path) -> None:
-    crl = x509.load_pem_x509_crl(certs.revoke(pki, "alice").read_bytes())
+    crl = x509.load_pem_x509_crl(revocation.revoke(pki, "alice").read_bytes())
 
     assert crl.next_update_utc is not None
     remaining = crl.next_update_utc - dt.datetime.now(dt.UTC)
@@ -574,7 +574,7 @@ def test_the_crl_is_valid_for_thirty_days(pki: Path) -> None:
 
 def test_revoking_an_unknown_name_points_to_list(ca_dir: Path) -> None:
     with pytest.raises(CertificateError, match=r"no certificate .*nobody\.crt to revoke.*list"):
-        certs.revoke(ca_dir, "nobody")
+        revocation.revoke(ca_dir, "nobody")
 
 
 def test_revoking_a_certificate_of_another_ca_is_refused(pki: Path, tmp_path: Path) -> None:
@@ -585,16 +585,16 @@ def test_revoking_a_certificate_of_another_ca_is_refused(pki: Path, tmp_path: Pa
         (pki / f"mallory{suffix}").write_bytes((other / f"mallory{suffix}").read_bytes())
 
     with pytest.raises(CertificateError, match="was not issued by the CA"):
-        certs.revoke(pki, "mallory")
+        revocation.revoke(pki, "mallory")
 
 
 def test_a_crl_signed_by_another_ca_is_not_extended(pki: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     certs.init_ca(other)
-    (pki / "crl.pem").write_bytes(certs.refresh_crl(other).read_bytes())
+    (pki / "crl.pem").write_bytes(revocation.refresh_crl(other).read_bytes())
 
     with pytest.raises(CertificateError, match="was not signed by the CA"):
-        certs.revoke(pki, "alice")
+        revocation.revoke(pki, "alice")
 
 
 # --- listing -------------------------------------------------------------------------
@@ -603,9 +603,9 @@ def test_a_crl_signed_by_another_ca_is_not_extended(pki: Path, tmp_path: Path) -
 def test_list_describes_every_certificate_with_its_kind_serial_expiry_and_revocation(
     pki: Path,
 ) -> None:
-    certs.revoke(pki, "bob")
+    revocation.revoke(pki, "bob")
 
-    infos = {info.path.name: info for info in certs.list_certificates(pki)}
+    infos = {info.path.name: info for info in inventory.list_certificates(pki)}
 
     assert sorted(infos) == ["alice.crt", "bob.crt", "ca.crt", "server.crt"]
     assert {name: info.kind for name, info in infos.items()} == {
@@ -624,7 +624,7 @@ def test_list_describes_every_certificate_with_its_kind_serial_expiry_and_revoca
 def test_list_marks_an_expired_certificate(pki: Path) -> None:
     write_expired_cert(pki, "alice")
 
-    (alice,) = [info for info in certs.list_certificates(pki) if info.path.stem == "alice"]
+    (alice,) = [info for info in inventory.list_certificates(pki) if info.path.stem == "alice"]
     assert alice.expired()
 
 
@@ -632,12 +632,12 @@ def test_list_names_a_file_that_is_not_a_certificate(pki: Path) -> None:
     (pki / "junk.crt").write_text("hello")
 
     with pytest.raises(CertificateError, match=r"junk\.crt is not a PEM certificate"):
-        certs.list_certificates(pki)
+        inventory.list_certificates(pki)
 
 
 def test_list_of_a_missing_directory_says_so(tmp_path: Path) -> None:
     with pytest.raises(CertificateError, match="is not a directory"):
-        certs.list_certificates(tmp_path / "absent")
+        inventory.list_certificates(tmp_path / "absent")
 
 
 # --- quickstart ------------------------------------------------------------------------

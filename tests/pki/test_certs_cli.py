@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from fluidity.pki import certs
+from fluidity.pki import certs, inventory, revocation
 from fluidity.pki import cli as certs_cli
 
 
@@ -72,7 +72,7 @@ def test_server_takes_repeated_dns_and_ip_and_days(
 def test_client_issues_a_client_certificate(ca_dir: Path) -> None:
     assert run("client", "--dir", str(ca_dir), "--name", "alice") == 0
 
-    assert [info.kind for info in certs.list_certificates(ca_dir)] == ["client", "ca"]
+    assert [info.kind for info in inventory.list_certificates(ca_dir)] == ["client", "ca"]
 
 
 def test_list_prints_an_aligned_table_with_revoked_marks(
@@ -110,15 +110,15 @@ def test_list_prints_an_aligned_table_with_revoked_marks(
 
 def test_the_table_marks_expired_certificates(ca_dir: Path) -> None:
     certs.issue_client(ca_dir, "alice", days=1)
-    infos = certs.list_certificates(ca_dir)
+    infos = inventory.list_certificates(ca_dir)
     later = max(info.not_after for info in infos if info.kind == "client") + dt.timedelta(hours=1)
 
     table = certs_cli.format_table(infos, now=later)
 
     row = next(line for line in table.splitlines() if line.startswith("alice"))
     assert row.endswith("EXPIRED")
-    certs.revoke(ca_dir, "alice")
-    table = certs_cli.format_table(certs.list_certificates(ca_dir), now=later)
+    revocation.revoke(ca_dir, "alice")
+    table = certs_cli.format_table(inventory.list_certificates(ca_dir), now=later)
     assert "REVOKED EXPIRED" in table
 
 

@@ -117,7 +117,7 @@ async def test_the_circuit_opens_fails_fast_half_opens_and_recovers_end_to_end(
             opened = loop.time()
             outcome = await http_request(tunnel.proxy_port, url)
             assert outcome.status == 502 and "refused" in outcome.error, outcome
-        breaker = tunnel.server.dialer.breaker
+        breaker = tunnel.server.streams.dialer.breaker
         await target.start(port)  # the target is back, but the circuit is open
         fast = await http_request(tunnel.proxy_port, url)
         assert fast.status == 503 and f"circuit open for {key}" in fast.error, fast

@@ -27,7 +27,7 @@ from cryptography import x509
 from fluidity.agent import Agent
 from fluidity.config.schema import AgentTLS, AgentWebSocket, FileOrPem, ServerTLS
 from fluidity.errors import TunnelUnavailable
-from fluidity.pki import certs
+from fluidity.pki import certs, revocation
 from fluidity.server.server import Server
 from support.harness import (
     Process,
@@ -265,7 +265,7 @@ async def test_a_reloaded_crl_refuses_the_revoked_client_and_ends_its_live_tunne
     spki: SecurityPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fluidity")
-    crl = certs.refresh_crl(spki.directory)
+    crl = revocation.refresh_crl(spki.directory)
     async with (
         running(spki, crl=FileOrPem.from_path(crl)) as server,
         agent_of(spki, server, "alice") as good,
@@ -277,7 +277,7 @@ async def test_a_reloaded_crl_refuses_the_revoked_client_and_ends_its_live_tunne
         try:
             good_conn, bad_conn = good.keeper.connection, bad.keeper.connection
             assert good_conn is not None and bad_conn is not None
-            certs.revoke(spki.directory, "bob")
+            revocation.revoke(spki.directory, "bob")
             assert server.tls.poll()
             await asyncio.wait_for(asyncio.shield(bad_conn.closed), WAIT)
             assert await stream.echoes(b"alice is still welcome")
@@ -299,7 +299,7 @@ async def test_a_reload_reaches_the_websocket_transport_and_ends_a_revoked_tunne
 ) -> None:
     # The WebSocket transport's inner mTLS uses the reloaded context too: bob's tunnel
     # over it ends when a reload revokes him, and his next attempt is refused inside.
-    crl = certs.refresh_crl(spki.directory)
+    crl = revocation.refresh_crl(spki.directory)
     websocket = {"transport": "websocket", "websocket": AgentWebSocket()}
     async with (
         running(spki, crl=FileOrPem.from_path(crl)) as server,
@@ -310,7 +310,7 @@ async def test_a_reload_reaches_the_websocket_transport_and_ends_a_revoked_tunne
         good_conn, bad_conn = good.keeper.connection, bad.keeper.connection
         assert good_conn is not None and bad_conn is not None
         assert bad.keeper.transport == "websocket"
-        certs.revoke(spki.directory, "bob")
+        revocation.revoke(spki.directory, "bob")
         assert server.tls.poll()
         assert server.contexts.inner is not before.inner
         assert server.contexts.main is not before.main

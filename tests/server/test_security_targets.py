@@ -118,8 +118,8 @@ async def rig(pki: QuickstartPKI, targets: TargetsConfig) -> AsyncIterator[Rig]:
     v4_port, v6_port = await v4.start("127.0.0.1"), await v6.start("::1")
     server = Server(make_server_config(pki, targets=targets))
     opener = RecordingOpener()
-    old = server.dialer
-    server.dialer = Dialer(old.policy, old.settings, old.breaker, opener=opener)
+    old = server.streams.dialer
+    server.streams.dialer = Dialer(old.policy, old.settings, old.breaker, opener=opener)
     await server.start()
     assert server.address is not None
     agent = Agent(make_agent_config(pki, server.address[1]))
@@ -191,7 +191,7 @@ async def test_every_spelling_of_a_denied_address_is_refused_and_never_dialled(
             assert reason in body, (authority, body)
         status, body = await r.get(f"http://2130706433:{r.v4_port}/", f"2130706433:{r.v4_port}")
         assert status == 403 and "loopback" in body
-        assert r.server.streams_requested == len(loopback_spellings(0, 0)) + 8
+        assert r.server.streams.requested == len(loopback_spellings(0, 0)) + 8
     assert r.opener.calls == []
     assert (r.v4.accepts, r.v6.accepts) == (0, 0)
 

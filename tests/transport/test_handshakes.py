@@ -14,7 +14,7 @@ import pytest
 from fluidity.agent import Agent
 from fluidity.agent.keeper import TunnelState
 from fluidity.config.schema import AgentTLS, FileOrPem, LimitsConfig
-from fluidity.pki import certs
+from fluidity.pki import certs, revocation
 from fluidity.pki.certs import QuickstartPKI, ensure_quickstart_pki
 from fluidity.server.server import Server
 from support.harness import LOOPBACK, make_agent_config, make_server_config
@@ -90,7 +90,7 @@ async def test_a_certificate_of_another_ca(
 async def test_a_revoked_certificate(tmp_path: Path) -> None:
     pki = ensure_quickstart_pki(tmp_path)
     certs.issue_client(tmp_path, "mallory")
-    crl = certs.revoke(tmp_path, "mallory")
+    crl = revocation.revoke(tmp_path, "mallory")
     config = make_server_config(pki)
     tls = dataclasses.replace(config.tls, crl=FileOrPem.from_path(crl))
     revoking = Server(dataclasses.replace(config, tls=tls))

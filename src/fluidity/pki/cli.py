@@ -1,4 +1,4 @@
-"""``fluidity certs``: the command-line face of ``fluidity.pki.certs``.
+"""``fluidity certs``: the command-line face of ``fluidity.pki``.
 
 ``add_parser`` registers ``certs`` and its subcommands (init, server, client,
 list, revoke, crl) on the main parser's subparsers. Each subcommand leaves a
@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from fluidity.errors import CertificateError
 
 if TYPE_CHECKING:
-    from fluidity.pki import certs
+    from fluidity.pki.cadir import IssuedFiles
+    from fluidity.pki.inventory import CertInfo
 
 DIR_ENV = "FLUIDITY_CERTS_DIR"
 EXIT_OK = 0
@@ -64,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _command(commands, "crl", _run_crl, "re-sign crl.pem for 30 more days (empty if none)")
 
 
-def format_table(infos: Sequence[certs.CertInfo], now: dt.datetime) -> str:
+def format_table(infos: Sequence[CertInfo], now: dt.datetime) -> str:
     """Render ``infos`` as an aligned table, marking REVOKED and EXPIRED (as of ``now``)."""
     header = ("NAME", "SUBJECT", "KIND", "SERIAL", "NOT AFTER (UTC)", "STATUS")
     rows = [header] + [
@@ -83,7 +84,7 @@ def format_table(infos: Sequence[certs.CertInfo], now: dt.datetime) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _status(info: certs.CertInfo, now: dt.datetime) -> str:
+def _status(info: CertInfo, now: dt.datetime) -> str:
     marks = [mark for mark, on in (("REVOKED", info.revoked), ("EXPIRED", info.expired(now))) if on]
     return " ".join(marks) if marks else "ok"
 
@@ -120,9 +121,9 @@ def _run_client(args: argparse.Namespace) -> int:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from fluidity.pki import certs
+    from fluidity.pki.inventory import list_certificates
 
-    infos = certs.list_certificates(args.dir)
+    infos = list_certificates(args.dir)
     if not infos:
         print(f"no certificates in {args.dir}")
     else:
@@ -131,22 +132,22 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _run_revoke(args: argparse.Namespace) -> int:
-    from fluidity.pki import certs
+    from fluidity.pki.revocation import revoke
 
-    crl = certs.revoke(args.dir, args.name)
+    crl = revoke(args.dir, args.name)
     print(f"revoked {args.name}; updated {crl} (valid 30 days): reload it on the servers")
     return EXIT_OK
 
 
 def _run_crl(args: argparse.Namespace) -> int:
-    from fluidity.pki import certs
+    from fluidity.pki.revocation import refresh_crl
 
-    crl = certs.refresh_crl(args.dir)
+    crl = refresh_crl(args.dir)
     print(f"wrote {crl} (valid 30 days): reload it on the servers")
     return EXIT_OK
 
 
-def _print_issued(kind: str, files: certs.IssuedFiles) -> None:
+def _print_issued(kind: str, files: IssuedFiles) -> None:
     print(f"issued a {kind} certificate:")
     print(f"  certificate: {files.cert}")
     print(f"  private key: {files.key} (mode 0600)")

@@ -1,8 +1,9 @@
 """Private key files: the permission check, without the cryptography package.
 
-Kept apart from ``fluidity.pki.certs`` so that the agent and the server, which only
-need this check before handing paths to ``ssl``, never import ``cryptography``:
-its bindings cost each process about 15 MB of resident memory.
+Kept apart from the CA modules (``fluidity.pki.cadir`` and its users) so that
+the agent and the server, which only need this check before handing paths to
+``ssl``, never import ``cryptography``: its bindings cost each process about
+15 MB of resident memory.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The server: an mTLS HTTP/2 listener that dials targets for its agents.
 
-Each agent connection is a ``TunnelConnection``; each CONNECT stream on it
-becomes one dial task (policy, resolution, retries, circuit breaker) and, once
-the target answers, a ``Splice`` that carries bytes with no task at all.
+Each agent connection is a ``ServerConnection`` (``fluidity.server.connection``:
+identity, allow-list, tunnel limit); each CONNECT stream on it is served by the
+``StreamService`` (``fluidity.server.streams``: one dial task, then a
+``Splice``). This module owns the listeners, the set of live tunnels, reload
+and the drain.
 
 TLS is accepted by ``TLSListener`` (each accepted socket handed to
 ``connect_accepted_socket`` with the TLS context current then, so a reloaded
@@ -12,7 +14,7 @@ the front door's ``Handoff``, which gives each connection to the direct
 transport (h2, TLS 1.3, verified client certificate) or to the WebSocket
 transport (whose inner mTLS handshake uses the reloadable inner context); the
 client allow-list and the tunnel limits apply to the tunnel connection either
-way, since both paths end in the same ``_ServerConnection``.
+way, since both paths end in the same ``ServerConnection``.
 
 Shutdown drains: the listener closes, new streams are refused with
 REFUSED_STREAM (the agent retries them elsewhere), open streams finish up to
@@ -29,27 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fluidity.config.schema import Address, ServerConfig
-from fluidity.errors import (
-    CertificateError,
-    ConfigError,
-    HandshakeError,
-    StreamError,
-    TargetError,
-    TunnelError,
-)
+from fluidity.errors import ConfigError, HandshakeError, TunnelError
 from fluidity.lifecycle.cloudwatch import MetricsPublisher
 from fluidity.observe.metrics import Metrics, Snapshot
 from fluidity.observe.metricsserver import MetricsServer
-from fluidity.protocol.identity import ClientIdentity, IdentityAllowList
+from fluidity.protocol.identity import IdentityAllowList
 from fluidity.protocol.policy import TargetPolicy
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
+from fluidity.server.connection import ServerConnection, close_revoked
 from fluidity.server.dialer import Dialer, DialSettings
 from fluidity.server.reload import ReloadableContext
+from fluidity.server.streams import StreamService
 from fluidity.transport.connection import TunnelConnection
 from fluidity.transport.frontdoor import Handoff, ServerContexts, make_link, server_contexts
-from fluidity.transport.splice import Splice
-from fluidity.transport.tls import describe
 from fluidity.transport.tlsaccept import FailureLog, TLSListener
 from fluidity.transport.wslink import WebSocketLink
 
@@ -82,7 +77,8 @@ class Server:
         policy = TargetPolicy.from_config(
             config.targets.allow, config.targets.deny, config.targets.ports
         )
-        self.dialer = Dialer(
+        self.metrics = Metrics("server")
+        dialer = Dialer(
             policy,
             DialSettings(
                 connect_timeout=config.dial.connect_timeout,
@@ -92,7 +88,7 @@ class Server:
             ),
             CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.reset_after),
         )
-        self.metrics = Metrics("server")
+        self.streams = StreamService(dialer, self.metrics)
         # One rate budget for every failed handshake, whichever listener or layer saw it.
         self.failures = FailureLog()
         self.acceptor = TLSListener(
@@ -104,13 +100,10 @@ class Server:
         )
         self._started = False
         self._watcher: asyncio.Task[None] | None = None
-        self._connections: set[_ServerConnection] = set()
-        self._dials: set[asyncio.Task[None]] = set()
-        self._splices: set[Splice] = set()
+        self._connections: set[ServerConnection] = set()
         self._last_activity = time.time()
         self._draining = False
         self._closed_bytes = (0, 0)  # (in, out) of connections gone, for monotonic counters
-        self.streams_requested = 0
         self._publisher: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
         self.websocket_address: tuple[str, int] | None = None
@@ -229,16 +222,13 @@ class Server:
             async with asyncio.timeout(timeout):
                 # Streams end in protocol callbacks; a short poll keeps them free of
                 # shutdown bookkeeping on the hot path.
-                while self._open_streams() or self._dials:  # noqa: ASYNC110
+                while self._open_streams() or self.streams.dials:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
         except TimeoutError:
             log.warning(
                 "drain deadline passed with %d streams open: closing them", self._open_streams()
             )
-        for task in list(self._dials):
-            task.cancel()
-        for splice in list(self._splices):
-            splice.close()
+        self.streams.abort()
         # GOAWAY and TLS close to every agent at once, and wait for them (bounded):
         # a server that returned now would leave sockets open behind it.
         await asyncio.gather(
@@ -256,7 +246,7 @@ class Server:
         last = max([self._last_activity, *(c.last_activity for c in self._connections)])
         return Activity(len(self._connections), self._open_streams(), last)
 
-    # -- connections and streams ------------------------------------------
+    # -- live tunnels, and the connections the listeners make ------------
 
     def _open_streams(self) -> int:
         return sum(conn.active_streams for conn in self._connections)
@@ -265,7 +255,7 @@ class Server:
         """Live state for a metrics scrape."""
         closed_in, closed_out = self._closed_bytes
         circuits: dict[str, int] = {}
-        for state in self.dialer.breaker.states(time.monotonic()).values():
+        for state in self.streams.dialer.breaker.states(time.monotonic()).values():
             circuits[state.value] = circuits.get(state.value, 0) + 1
         return Snapshot(
             tunnel_connections=len(self._connections),
@@ -280,19 +270,7 @@ class Server:
         crl = self.config.tls.crl
         if crl is None or not self._connections:
             return
-        # Imported here, on a reload with a CRL: ``certs`` loads the cryptography
-        # bindings, about 15 MB that a server without a CRL never needs.
-        from fluidity.pki.certs import revoked_serials
-
-        try:
-            revoked = revoked_serials(crl.read_bytes(), describe(crl))
-        except (CertificateError, ConfigError) as exc:
-            log.error("cannot read %s to check live tunnels: %s", describe(crl), exc)
-            return
-        for conn in list(self._connections):
-            if conn.identity.serial in revoked:
-                log.warning("closing the tunnel of %s: its certificate is revoked", conn.peer_name)
-                conn.close("client certificate revoked")
+        close_revoked(self._connections, crl)
 
     def _make_handoff(self) -> Handoff:
         make_link = self._make_link if self.config.websocket.enabled else None
@@ -311,14 +289,14 @@ class Server:
         self.failures.failed(peer, reason, str(problem) or type(problem).__name__)
 
     def _make_connection(self) -> TunnelConnection:
-        conn = _ServerConnection(
+        conn = ServerConnection(
             self,
             Side.SERVER,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_timeout=self.config.keepalive_timeout,
             max_streams=self.config.limits.max_streams_per_tunnel,
             stream_idle_timeout=self.config.limits.stream_idle_timeout,
-            on_stream_request=self._on_stream_request,
+            on_stream_request=self.streams.on_stream_request,
         )
         return conn
 
@@ -326,7 +304,9 @@ class Server:
         """A WebSocket transport connection; its inner TLS uses the context current now."""
         return make_link(self.config, self.tls.current.inner, self._make_connection, self._refused)
 
-    def _admit(self, conn: _ServerConnection) -> bool:
+    def admit(self, conn: ServerConnection) -> bool:
+        """Register a connection whose client is allowed; False once ``limits.max_tunnels``
+        connections are live (logged). During a drain it is admitted but refuses streams."""
         if self._draining:  # its handshake began before the listener closed
             conn.refuse_new_streams()
         if len(self._connections) >= self.config.limits.max_tunnels:
@@ -340,83 +320,13 @@ class Server:
         self.metrics.connection_made()
         return True
 
-    def _forget(self, conn: _ServerConnection) -> None:
+    def forget(self, conn: ServerConnection) -> None:
+        """A connection closed: drop it, keeping its bytes for the monotonic counters."""
         if conn in self._connections:
             self._connections.discard(conn)
             closed_in, closed_out = self._closed_bytes
             self._closed_bytes = (closed_in + conn.bytes_in, closed_out + conn.bytes_out)
         self._last_activity = max(self._last_activity, conn.last_activity)
-
-    def _on_stream_request(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
-        self.streams_requested += 1
-        task = asyncio.get_running_loop().create_task(
-            self._serve_stream(conn, stream_id, authority)
-        )
-        self._dials.add(task)
-        task.add_done_callback(self._dials.discard)
-
-    async def _serve_stream(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
-        splice = Splice(on_close=self._splices.discard)
-        started = time.monotonic()
-        try:
-            transport, _ = await self.dialer.dial(authority, lambda: splice)
-        except TargetError as exc:
-            log.info("%s: CONNECT %s -> %d: %s", conn.peer_name, authority, exc.status, exc)
-            self.metrics.stream_refused(exc.kind, exc.status, time.monotonic() - started)
-            conn.reject(stream_id, exc.status, str(exc))
-            return
-        try:
-            stream = conn.accept(stream_id, splice)
-        except StreamError:
-            transport.abort()  # the agent gave up while we dialled
-            return
-        self._splices.add(splice)
-        splice.attach(stream)
-        self.metrics.stream_opened("connect", time.monotonic() - started)
-        log.debug("%s: CONNECT %s -> 200", conn.peer_name, authority)
-
-
-class _ServerConnection(TunnelConnection):
-    """A tunnel connection that checks its client's identity and registers with its server."""
-
-    def __init__(self, server: Server, side: Side, **kwargs: object) -> None:
-        super().__init__(side, **kwargs)  # type: ignore[arg-type]
-        self._server = server
-        self.identity = ClientIdentity()
-        self._admitted = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        self.identity = ClientIdentity.from_peercert(transport.get_extra_info("peercert") or {})
-        where = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.peer_name = f"{self.identity.label}@{where}"
-        refusal = self._server.clients.refusal(self.identity)
-        if refusal is not None:
-            # Close before a single HTTP/2 byte: the agent reads the silence after
-            # its TLS 1.3 handshake as "my certificate was refused".
-            log.warning("refusing agent %s: %s", where, refusal)
-            self._server.metrics.handshake_failed("certificate_not_allowed")
-            transport.close()
-            return
-        super().connection_made(transport)
-        if not self._server._admit(self):
-            limit = self._server.config.limits.max_tunnels
-            reason = f"too many tunnels: the server's limits.max_tunnels ({limit}) is reached"
-            # Not from inside connection_made: asyncio's TLS transport cannot start its
-            # shutdown before the handshake callback has returned.
-            self._loop.call_soon(lambda: self.close(reason, refused=True))
-            return
-        self._admitted = True
-        kind = transport.get_extra_info("fluidity_transport") or "direct"
-        forwarded = transport.get_extra_info("forwarded_for")
-        via = f", forwarded for {forwarded}" if forwarded else ""
-        log.info("agent connected: %s (%s transport%s)", self.peer_name, kind, via)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._server._forget(self)
-        if self._admitted:
-            log.info("agent disconnected: %s (%s)", self.peer_name, self.closed.result())
 
 
 def _watched_paths(config: ServerConfig) -> list[Path]:
