@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluidity.config.load import Section, env_name, load_config
+from fluidity.config.fields import Section
+from fluidity.config.load import load_config
 from fluidity.config.schema import (
     Address,
     AgentConfig,
@@ -29,6 +30,7 @@ from fluidity.config.schema import (
     load_agent_config,
     load_server_config,
 )
+from fluidity.config.sources import env_name
 from fluidity.config.upstream import UpstreamProxyConfig
 from fluidity.errors import ConfigError
 

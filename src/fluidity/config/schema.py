@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from fluidity.config.load import Section, load_config
+from fluidity.config.fields import Section
+from fluidity.config.load import load_config
 from fluidity.config.upstream import UpstreamProxyConfig
 from fluidity.errors import ConfigError
 from fluidity.lifecycle.client import LifecycleConfig
@@ -78,7 +79,7 @@ class Address:
 
     @classmethod
     def from_config(cls, value: object, *, key: str, base_dir: Path) -> Address:
-        """The loader's hook (see ``fluidity.config.load.ConfigValue``)."""
+        """The loader's hook (see ``fluidity.config.fields.ConfigValue``)."""
         if not isinstance(value, str):
             hint = "; quote IPv6 addresses in YAML" if isinstance(value, list) else ""
             raise ConfigError(f"expected {cls.config_expected}, got {value!r}{hint}")
@@ -199,7 +200,7 @@ class WebSocketEndpoint:
 
     @classmethod
     def from_config(cls, value: object, *, key: str, base_dir: Path) -> WebSocketEndpoint:
-        """The loader's hook (see ``fluidity.config.load.ConfigValue``)."""
+        """The loader's hook (see ``fluidity.config.fields.ConfigValue``)."""
         if not isinstance(value, str):
             raise ConfigError(f"expected {cls.config_expected}, got {value!r}")
         return cls.parse(value)
