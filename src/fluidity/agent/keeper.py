@@ -51,7 +51,8 @@ from fluidity.agent.routes import (
     WebSocketRoute,
     WebSocketSettings,
 )
-from fluidity.config.schema import TransportKind, WebSocketEndpoint
+from fluidity.config.agent import TransportKind
+from fluidity.config.values import WebSocketEndpoint
 from fluidity.errors import (
     AuthenticationError,
     FluidityError,

@@ -71,6 +71,15 @@ def check_fields(obj: object) -> None:
             raise ConfigError(f"{f.name}: {problem}")
 
 
+def check_order(low_name: str, low: float, high_name: str, high: float) -> None:
+    """A cross-field rule for ``__post_init__``: ``ConfigError`` if ``high < low``."""
+    if high < low:
+        raise ConfigError(
+            f"{high_name} ({high}) is below {low_name} ({low}); raise {high_name} or lower "
+            f"{low_name}"
+        )
+
+
 # -- numeric rules ----------------------------------------------------------------------------
 
 
