@@ -44,7 +44,7 @@ import yaml
 
 from fluidity.agent.path import open_path
 from fluidity.agent.routes import DirectRoute, WebSocketRoute
-from fluidity.config.schema import WebSocketEndpoint
+from fluidity.config.values import WebSocketEndpoint
 from fluidity.pki.certs import QuickstartPKI, ensure_quickstart_pki
 from fluidity.protocol.tunnel import Side
 from fluidity.transport.connection import TunnelConnection

@@ -165,7 +165,7 @@ def _overrides(args: argparse.Namespace, *names: str) -> dict[str, object]:
 
 def _cmd_server(args: argparse.Namespace) -> int:
     from fluidity import runtime
-    from fluidity.config.schema import load_server_config
+    from fluidity.config.server import load_server_config
     from fluidity.server.server import Server
 
     config = load_server_config(
@@ -189,7 +189,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
 def _cmd_agent(args: argparse.Namespace) -> int:
     from fluidity import runtime
     from fluidity.agent import Agent
-    from fluidity.config.schema import load_agent_config
+    from fluidity.config.agent import load_agent_config
 
     config = load_agent_config(
         args.config,
@@ -215,7 +215,9 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    from fluidity.config.schema import Address, load_agent_config, load_server_config
+    from fluidity.config.agent import load_agent_config
+    from fluidity.config.server import load_server_config
+    from fluidity.config.values import Address
 
     if args.address:
         address = Address.parse(args.address)
@@ -233,7 +235,8 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from fluidity.config.schema import Address, load_agent_config
+    from fluidity.config.agent import load_agent_config
+    from fluidity.config.values import Address
     from fluidity.observe import status
 
     if args.config is not None:

@@ -18,15 +18,9 @@ import time
 from pathlib import Path
 
 from fluidity.agent import Agent
-from fluidity.config.schema import (
-    Address,
-    AgentConfig,
-    AgentTLS,
-    FileOrPem,
-    ServerConfig,
-    ServerTLS,
-    TargetsConfig,
-)
+from fluidity.config.agent import AgentConfig, AgentTLS
+from fluidity.config.server import ServerConfig, ServerTLS, TargetsConfig
+from fluidity.config.values import Address, FileOrPem
 from fluidity.errors import FluidityError
 from fluidity.observe import progress
 from fluidity.pki.certs import QuickstartPKI, ensure_quickstart_pki

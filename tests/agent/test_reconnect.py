@@ -20,7 +20,8 @@ import pytest
 
 from fluidity.agent import Agent
 from fluidity.agent.keeper import TunnelState
-from fluidity.config.schema import Address, AgentTLS, FileOrPem, ReconnectConfig
+from fluidity.config.agent import AgentTLS, ReconnectConfig
+from fluidity.config.values import Address, FileOrPem
 from fluidity.pki.certs import QuickstartPKI, ensure_quickstart_pki
 from fluidity.server.server import Server
 from fluidity.transport.tls import server_context

@@ -15,21 +15,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluidity.config.load import Section, env_name, load_config
-from fluidity.config.schema import (
-    Address,
+from fluidity.config.agent import (
     AgentConfig,
     AgentTLS,
     AuthConfig,
-    DialConfig,
-    FileOrPem,
     ReconnectConfig,
-    ServerConfig,
-    ServerTLS,
     load_agent_config,
-    load_server_config,
 )
+from fluidity.config.fields import Section
+from fluidity.config.load import load_config
+from fluidity.config.server import DialConfig, ServerConfig, ServerTLS, load_server_config
+from fluidity.config.sources import env_name
 from fluidity.config.upstream import UpstreamProxyConfig
+from fluidity.config.values import Address, FileOrPem
 from fluidity.errors import ConfigError
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"

@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fluidity.config.schema import (
-    Address,
-    AgentConfig,
-    ServerConfig,
-    ServerWebSocket,
-    WebSocketEndpoint,
-    load_agent_config,
-    load_server_config,
-)
+from fluidity.config.agent import AgentConfig, load_agent_config
+from fluidity.config.server import ServerConfig, ServerWebSocket, load_server_config
+from fluidity.config.values import Address, WebSocketEndpoint
 from fluidity.errors import ConfigError
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"

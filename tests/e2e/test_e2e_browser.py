@@ -23,7 +23,8 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from fluidity.agent import Agent
-from fluidity.config.schema import Address, TargetsConfig
+from fluidity.config.server import TargetsConfig
+from fluidity.config.values import Address
 from fluidity.pki.certs import QuickstartPKI
 from fluidity.server.server import Server
 from support.harness import LOOPBACK, Tunnel, make_agent_config, make_server_config

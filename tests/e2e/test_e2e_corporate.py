@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from pypac.parser import PACFile  # type: ignore[import-untyped]
 
-from fluidity.config.schema import AuthConfig, TargetsConfig
+from fluidity.config.agent import AuthConfig
+from fluidity.config.server import TargetsConfig
 from fluidity.config.upstream import UpstreamProxyConfig
 from fluidity.pki.certs import QuickstartPKI
 from support.harness import Process, Tunnel, agent_yaml, server_yaml, start_process, start_tunnel

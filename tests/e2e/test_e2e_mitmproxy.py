@@ -13,8 +13,9 @@ import pytest
 from websockets.asyncio.server import serve
 
 from fluidity.agent import Agent
-from fluidity.config.schema import AgentWebSocket, FileOrPem, TransportKind
+from fluidity.config.agent import AgentWebSocket, TransportKind
 from fluidity.config.upstream import UpstreamProxyConfig
+from fluidity.config.values import FileOrPem
 from fluidity.errors import TLSInspectionDetected
 from fluidity.pki.certs import QuickstartPKI
 from fluidity.server.server import Server

@@ -17,14 +17,9 @@ import pytest
 from websockets.asyncio.server import serve
 
 from fluidity.agent import Agent
-from fluidity.config.schema import (
-    Address,
-    AgentWebSocket,
-    FileOrPem,
-    ServerWebSocket,
-    TransportKind,
-    WebSocketEndpoint,
-)
+from fluidity.config.agent import AgentWebSocket, TransportKind
+from fluidity.config.server import ServerWebSocket
+from fluidity.config.values import Address, FileOrPem, WebSocketEndpoint
 from fluidity.errors import (
     AuthenticationError,
     ConfigError,
@@ -173,7 +168,7 @@ async def test_inner_authentication_is_required_on_the_websocket_transport(
     pki: QuickstartPKI, stranger: QuickstartPKI
 ) -> None:
     # Trusts our CA, but presents a client certificate our CA did not issue.
-    from fluidity.config.schema import AgentTLS
+    from fluidity.config.agent import AgentTLS
 
     tls = AgentTLS(
         ca=FileOrPem.from_path(pki.ca_cert),

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from fluidity.agent import Agent
-from fluidity.config.schema import Address, AuthConfig, LimitsConfig
+from fluidity.config.agent import AuthConfig
+from fluidity.config.server import LimitsConfig
+from fluidity.config.values import Address
 from fluidity.errors import ConfigError
 from fluidity.pki.certs import QuickstartPKI
 from fluidity.server.server import Server

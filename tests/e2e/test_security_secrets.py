@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fluidity.config.schema import AuthConfig
+from fluidity.config.agent import AuthConfig
 from fluidity.pki.certs import QuickstartPKI
 from support.harness import agent_yaml, server_yaml, start_tunnel
 from support.origins import RecordingOrigin

@@ -111,8 +111,8 @@ def test_wake_times_out_with_exit_1(
 
 
 def fake_config_module(lifecycle: LifecycleConfig | None) -> types.ModuleType:
-    """Stands in for ``fluidity.config.schema`` as the CLI uses it: ``load_agent_config(path)``."""
-    module = types.ModuleType("fluidity.config.schema")
+    """Stands in for ``fluidity.config.agent`` as the CLI uses it: ``load_agent_config(path)``."""
+    module = types.ModuleType("fluidity.config.agent")
 
     def load_agent_config(path: Path) -> types.SimpleNamespace:
         assert path == Path("agent.yaml")
@@ -131,7 +131,7 @@ def test_urls_come_from_the_agent_config_and_flags_override_them(
         kill_url=plane.url("/kill"),
         region=REGION,
     )
-    monkeypatch.setitem(sys.modules, "fluidity.config.schema", fake_config_module(lifecycle))
+    monkeypatch.setitem(sys.modules, "fluidity.config.agent", fake_config_module(lifecycle))
     assert run("kill", "--config", "agent.yaml") == 0
     assert run("wake", "--no-wait", "--config", "agent.yaml") == 0
     assert run("status", "--config", "agent.yaml", f"--query-url={plane.url('/query')}") == 0
@@ -142,7 +142,7 @@ def test_urls_come_from_the_agent_config_and_flags_override_them(
 def test_an_agent_config_without_lifecycle_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "fluidity.config.schema", fake_config_module(None))
+    monkeypatch.setitem(sys.modules, "fluidity.config.agent", fake_config_module(None))
     assert run("status", "--config", "agent.yaml") == 2
     assert "no lifecycle: section" in capsys.readouterr().err
 

@@ -12,7 +12,7 @@ from fake_control_plane import STARTING, Answer, FakeControlPlane
 from lifecycle_world import REGION
 
 from fluidity.agent import Agent
-from fluidity.config.schema import Address
+from fluidity.config.values import Address
 from fluidity.lifecycle.client import LifecycleConfig
 from fluidity.lifecycle.cloudwatch import CloudWatchConfig, EmfSink, emf_document, metric_data
 from fluidity.pki.certs import QuickstartPKI

@@ -11,7 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fluidity.agent import Agent
-from fluidity.config.schema import Address, CircuitBreakerConfig, DialConfig
+from fluidity.config.server import CircuitBreakerConfig, DialConfig
+from fluidity.config.values import Address
 from fluidity.errors import ConfigError
 from fluidity.observe.metrics import Metrics, Snapshot, target_error_kind
 from fluidity.observe.metricsserver import MetricsServer

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fluidity.config.schema import AuthConfig
+from fluidity.config.agent import AuthConfig
 from fluidity.observe.status import format_bytes, format_duration, format_status
 from fluidity.pki.certs import QuickstartPKI
 from support.harness import LOOPBACK, Tunnel, agent_yaml, start_tunnel

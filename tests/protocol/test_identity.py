@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fluidity.config.schema import ClientsConfig
+from fluidity.config.server import ClientsConfig
 from fluidity.errors import ConfigError
 from fluidity.protocol.identity import ClientIdentity, IdentityAllowList
 

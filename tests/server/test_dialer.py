@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from fluidity.config.schema import CircuitBreakerConfig, DialConfig
+from fluidity.config.server import CircuitBreakerConfig, DialConfig
 from fluidity.errors import DialRefused, DialTimeout
 from fluidity.pki.certs import QuickstartPKI
 from fluidity.protocol.policy import TargetPolicy

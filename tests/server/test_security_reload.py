@@ -25,7 +25,9 @@ import pytest
 from cryptography import x509
 
 from fluidity.agent import Agent
-from fluidity.config.schema import AgentTLS, AgentWebSocket, FileOrPem, ServerTLS
+from fluidity.config.agent import AgentTLS, AgentWebSocket
+from fluidity.config.server import ServerTLS
+from fluidity.config.values import FileOrPem
 from fluidity.errors import TunnelUnavailable
 from fluidity.pki import certs, revocation
 from fluidity.server.server import Server

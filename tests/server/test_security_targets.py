@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fluidity.agent import Agent
-from fluidity.config.schema import TargetsConfig
+from fluidity.config.server import TargetsConfig
 from fluidity.errors import PolicyRefused
 from fluidity.pki.certs import QuickstartPKI
 from fluidity.protocol.policy import TargetPolicy

@@ -21,15 +21,9 @@ import pytest
 from fluidity import cli
 from fluidity.agent import Agent
 from fluidity.agent.keeper import TunnelState
-from fluidity.config.schema import (
-    AgentConfig,
-    AgentTLS,
-    AgentWebSocket,
-    ClientsConfig,
-    FileOrPem,
-    ServerTLS,
-    ServerWebSocket,
-)
+from fluidity.config.agent import AgentConfig, AgentTLS, AgentWebSocket
+from fluidity.config.server import ClientsConfig, ServerTLS, ServerWebSocket
+from fluidity.config.values import FileOrPem
 from fluidity.errors import TunnelUnavailable
 from fluidity.server.server import Server
 from fluidity.transport.tls import agent_context, server_context

@@ -15,15 +15,9 @@ from pathlib import Path
 import yaml
 
 from fluidity.agent import Agent
-from fluidity.config.schema import (
-    Address,
-    AgentConfig,
-    AgentTLS,
-    FileOrPem,
-    ServerConfig,
-    ServerTLS,
-    TargetsConfig,
-)
+from fluidity.config.agent import AgentConfig, AgentTLS
+from fluidity.config.server import ServerConfig, ServerTLS, TargetsConfig
+from fluidity.config.values import Address, FileOrPem
 from fluidity.pki.certs import QuickstartPKI
 from fluidity.server.server import Server
 

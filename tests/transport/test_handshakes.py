@@ -13,7 +13,9 @@ import pytest
 
 from fluidity.agent import Agent
 from fluidity.agent.keeper import TunnelState
-from fluidity.config.schema import AgentTLS, FileOrPem, LimitsConfig
+from fluidity.config.agent import AgentTLS
+from fluidity.config.server import LimitsConfig
+from fluidity.config.values import FileOrPem
 from fluidity.pki import certs, revocation
 from fluidity.pki.certs import QuickstartPKI, ensure_quickstart_pki
 from fluidity.server.server import Server

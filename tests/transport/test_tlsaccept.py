@@ -9,7 +9,7 @@ import ssl
 
 import pytest
 
-from fluidity.config.schema import Address
+from fluidity.config.values import Address
 from fluidity.pki.certs import QuickstartPKI
 from fluidity.server.server import Server
 from fluidity.transport.tlsaccept import (

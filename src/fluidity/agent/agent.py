@@ -25,7 +25,7 @@ from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
 from fluidity.agent.path import open_path
 from fluidity.agent.routes import WebSocketSettings
-from fluidity.config.schema import AgentConfig
+from fluidity.config.agent import AgentConfig
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
 from fluidity.observe.metrics import Metrics, Snapshot

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from fluidity.agent.keeper import TunnelKeeper
-from fluidity.config.schema import AgentConfig
+from fluidity.config.agent import AgentConfig
 from fluidity.errors import (
     PathError,
     StreamError,

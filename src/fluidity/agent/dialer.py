@@ -33,7 +33,7 @@ from fluidity.agent.routes import (
     WebSocketRoute,
     WebSocketSettings,
 )
-from fluidity.config.schema import WebSocketEndpoint
+from fluidity.config.values import WebSocketEndpoint
 from fluidity.errors import (
     AuthenticationError,
     HandshakeError,

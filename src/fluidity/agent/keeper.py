@@ -39,7 +39,7 @@ from typing import Any
 from fluidity.agent.dialer import TunnelDialer, failure_reason
 from fluidity.agent.path import open_path
 from fluidity.agent.routes import Connector, WebSocketSettings
-from fluidity.config.schema import TransportKind
+from fluidity.config.agent import TransportKind
 from fluidity.errors import (
     AuthenticationError,
     FluidityError,

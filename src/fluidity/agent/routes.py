@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
 from fluidity.agent.path import Streams, attach, attach_tls
-from fluidity.config.schema import WebSocketEndpoint
+from fluidity.config.values import WebSocketEndpoint
 from fluidity.errors import HandshakeError, PathError, TLSInspectionDetected, WebSocketRefused
 from fluidity.protocol.tunnel import Side
 from fluidity.protocol.wschannel import WebSocketChannel

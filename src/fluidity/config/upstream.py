@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fluidity.config.load import Section
+from fluidity.config.fields import Section
 from fluidity.errors import ConfigError
 from fluidity.protocol.proxyroute import Credentials, mask_url, parse_proxy_url
 

@@ -124,16 +124,16 @@ def lifecycle_config(args: argparse.Namespace) -> LifecycleConfig:
 
 
 def _from_agent_config(path: str) -> LifecycleConfig:
-    """``lifecycle`` from ``fluidity.config.schema.load_agent_config(path)``.
+    """``lifecycle`` from ``fluidity.config.agent.load_agent_config(path)``.
 
     Imported by name: the config loader is a sibling module that may not have the
     ``lifecycle`` field (or may not exist) in every build.
     """
     try:
-        config_module = importlib.import_module("fluidity.config.schema")
+        config_module = importlib.import_module("fluidity.config.agent")
     except ImportError as exc:
         raise ConfigError(
-            "--config needs fluidity.config.schema, which this build lacks; pass --wake-url, "
+            "--config needs fluidity.config.agent, which this build lacks; pass --wake-url, "
             "--query-url and --kill-url instead"
         ) from exc
     agent_config = config_module.load_agent_config(Path(path))

@@ -15,7 +15,7 @@ import logging
 
 import h11
 
-from fluidity.config.schema import Address
+from fluidity.config.values import Address
 from fluidity.errors import ConfigError
 from fluidity.observe.metrics import Metrics
 

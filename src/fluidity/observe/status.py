@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from fluidity.config.schema import Address, AgentConfig
+from fluidity.config.agent import AgentConfig
+from fluidity.config.values import Address
 from fluidity.errors import StatusUnavailable
 
 STATUS_PATH = "/fluidity/status"

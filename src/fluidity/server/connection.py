@@ -20,7 +20,8 @@ import logging
 from collections.abc import Iterable
 from typing import Protocol
 
-from fluidity.config.schema import FileOrPem, ServerConfig
+from fluidity.config.server import ServerConfig
+from fluidity.config.values import FileOrPem
 from fluidity.errors import CertificateError, ConfigError
 from fluidity.observe.metrics import Metrics
 from fluidity.protocol.identity import ClientIdentity, IdentityAllowList

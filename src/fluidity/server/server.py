@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fluidity.config.schema import Address, ServerConfig
+from fluidity.config.server import ServerConfig
+from fluidity.config.values import Address
 from fluidity.errors import ConfigError, HandshakeError, TunnelError
 from fluidity.lifecycle.cloudwatch import MetricsPublisher
 from fluidity.observe.metrics import Metrics, Snapshot

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from fluidity.config.schema import FileOrPem, ServerConfig
+from fluidity.config.server import ServerConfig
+from fluidity.config.values import FileOrPem
 from fluidity.errors import ConfigError, HandshakeError, TunnelError
 from fluidity.protocol.tunnel import Side
 from fluidity.protocol.wschannel import WebSocketChannel
