@@ -44,6 +44,7 @@ from fluidity.protocol.identity import ClientIdentity, IdentityAllowList
 from fluidity.protocol.policy import TargetPolicy
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
+from fluidity.server.console import ServerConsole
 from fluidity.server.dialer import Dialer, DialSettings
 from fluidity.server.reload import ReloadableContext
 from fluidity.transport.connection import TunnelConnection
@@ -116,8 +117,12 @@ class Server:
         self.websocket_address: tuple[str, int] | None = None
         self._websocket_listener: TLSListener | asyncio.Server | None = None
         self.metrics.watch(self._snapshot)
+        self.started = time.time()
+        self.console = ServerConsole(self)  # the dashboard at / of metrics: (server.console)
         self.metrics_server = (
-            MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
+            MetricsServer(self.metrics, config.metrics, dashboard=self.console.view)
+            if config.metrics is not None
+            else None
         )
 
     @property
@@ -141,6 +146,7 @@ class Server:
         listen = self.config.listen
         if self.metrics_server is not None:
             await self.metrics_server.start()
+            self.console.start()
         # The acceptor runs each TLS handshake with the context current at that
         # moment (hot reload) and logs each failure as one line.
         try:
@@ -248,6 +254,7 @@ class Server:
         if self._websocket_listener is not None:
             await self._websocket_listener.wait_closed()
         if self.metrics_server is not None:
+            await self.console.close()
             await self.metrics_server.close()
         log.info("drained in %.2f s", time.monotonic() - started)
 
@@ -255,6 +262,19 @@ class Server:
         """Active agents, active streams and the last time a stream opened."""
         last = max([self._last_activity, *(c.last_activity for c in self._connections)])
         return Activity(len(self._connections), self._open_streams(), last)
+
+    # -- what the dashboard reads (fluidity.server.console) ----------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def tunnels(self) -> set[_ServerConnection]:
+        return self._connections
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot()
 
     # -- connections and streams ------------------------------------------
 
@@ -362,7 +382,8 @@ class Server:
             transport, _ = await self.dialer.dial(authority, lambda: splice)
         except TargetError as exc:
             log.info("%s: CONNECT %s -> %d: %s", conn.peer_name, authority, exc.status, exc)
-            self.metrics.stream_refused(exc.kind, exc.status, time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            self.metrics.stream_refused(exc.kind, exc.status, elapsed, authority, str(exc))
             conn.reject(stream_id, exc.status, str(exc))
             return
         try:
@@ -372,7 +393,7 @@ class Server:
             return
         self._splices.add(splice)
         splice.attach(stream)
-        self.metrics.stream_opened("connect", time.monotonic() - started)
+        self.metrics.stream_opened("connect", time.monotonic() - started, authority)
         log.debug("%s: CONNECT %s -> 200", conn.peer_name, authority)
 
 
@@ -384,10 +405,16 @@ class _ServerConnection(TunnelConnection):
         self._server = server
         self.identity = ClientIdentity()
         self._admitted = False
+        # For the dashboard: since when, over which transport, until when its certificate.
+        self.since = time.time()
+        self.transport_kind = "direct"
+        self.cert_expires: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        self.identity = ClientIdentity.from_peercert(transport.get_extra_info("peercert") or {})
+        peercert = transport.get_extra_info("peercert") or {}
+        self.identity = ClientIdentity.from_peercert(peercert)
+        self.cert_expires = peercert.get("notAfter")
         where = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.peer_name = f"{self.identity.label}@{where}"
         refusal = self._server.clients.refusal(self.identity)
@@ -407,7 +434,7 @@ class _ServerConnection(TunnelConnection):
             self._loop.call_soon(lambda: self.close(reason, refused=True))
             return
         self._admitted = True
-        kind = transport.get_extra_info("fluidity_transport") or "direct"
+        kind = self.transport_kind = transport.get_extra_info("fluidity_transport") or "direct"
         forwarded = transport.get_extra_info("forwarded_for")
         via = f", forwarded for {forwarded}" if forwarded else ""
         log.info("agent connected: %s (%s transport%s)", self.peer_name, kind, via)
