@@ -99,6 +99,18 @@ def test_the_error_log_keeps_the_last_twenty_newest_first_and_cuts_long_messages
     assert len(errors[0]["message"]) == MESSAGE_MAX
 
 
+def test_the_same_error_again_is_counted_not_repeated() -> None:
+    clock = Clock()
+    kept = History(clock)
+    kept.error(502, "unreachable", "a:80", "first")
+    for _ in range(50):
+        clock.now += 1
+        kept.error(0, "connect_failed", "server:443", "cannot connect")
+    errors = kept.view()["errors"]
+    assert [(e["kind"], e["count"]) for e in errors] == [("connect_failed", 50), ("unreachable", 1)]
+    assert errors[0]["time"] == clock.now
+
+
 def test_the_view_is_json_ready() -> None:
     clock = Clock()
     kept = History(clock)

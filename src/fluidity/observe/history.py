@@ -24,7 +24,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 WINDOW = 600.0  # seconds of history: the last ten minutes
@@ -142,18 +142,24 @@ class ErrorEntry:
     kind: str  # the metrics label: policy_refused, no_tunnel, tls_error...
     target: str  # host:port, or the server for a tunnel error
     message: str  # the answer's body, word for word (cut to MESSAGE_MAX)
+    count: int = 1  # the same error this many times in a row (time: the latest)
 
 
 class ErrorLog:
-    """The last ``ERRORS`` errors, newest first when read."""
+    """The last ``ERRORS`` errors, newest first when read; the same error again right
+    after itself (a tunnel retrying against a server that is down) is counted, not
+    repeated, so it cannot push every other error out."""
 
     def __init__(self) -> None:
         self._entries: deque[ErrorEntry] = deque(maxlen=ERRORS)
 
     def add(self, status: int, kind: str, target: str, message: str, now: float) -> None:
-        self._entries.append(
-            ErrorEntry(now, status, kind, target[:TARGET_MAX], message[:MESSAGE_MAX])
-        )
+        entry = ErrorEntry(now, status, kind, target[:TARGET_MAX], message[:MESSAGE_MAX])
+        last = self._entries[-1] if self._entries else None
+        if last is not None and replace(last, time=now, count=1) == entry:
+            self._entries[-1] = replace(entry, count=last.count + 1)
+        else:
+            self._entries.append(entry)
 
     def latest(self) -> list[dict[str, Any]]:
         return [asdict(entry) for entry in reversed(self._entries)]
