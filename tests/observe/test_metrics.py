@@ -199,12 +199,13 @@ async def test_byte_counters_survive_a_reconnect(measured: Tunnel, origin: Recor
     assert sample(after, "fluidity_tunnel_connections_total") == 2
 
 
-async def test_the_endpoint_answers_only_metrics(measured: Tunnel) -> None:
+async def test_the_endpoint_answers_only_metrics_and_the_dashboard(measured: Tunnel) -> None:
     server = measured.server.metrics_server
     assert server is not None and server.address is not None
     base = f"http://{LOOPBACK}:{server.address[1]}"
     async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
-        assert (await client.get(f"{base}/")).status_code == 404
+        assert (await client.get(f"{base}/nothing")).status_code == 404
+        assert (await client.get(f"{base}/")).headers["content-type"].startswith("text/html")
         assert (await client.post(f"{base}/metrics")).status_code == 405
         head = await client.head(f"{base}/metrics")
     assert head.status_code == 200 and head.content == b""

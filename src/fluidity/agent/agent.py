@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from fluidity import __version__
 from fluidity.agent.client import ClientConnection
+from fluidity.agent.console import AgentConsole
 from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
 from fluidity.agent.path import open_path
@@ -89,9 +90,10 @@ class Agent:
         # Clients on loopback need no TCP keepalive (the kernel sees both ends),
         # which spares every new client connection a handful of syscalls.
         self.keepalive_clients = not _is_loopback(config.listen.host)
+        self.console = AgentConsole(self)  # the dashboard at / (fluidity.agent.console)
         # One mapping shared by every session (sessions keep it, not a copy).
         self._local_paths = MappingProxyType(
-            {STATUS_PATH: self._status_page, PAC_PATH: self._pac_file}
+            {STATUS_PATH: self._status_page, PAC_PATH: self._pac_file, **self.console.paths()}
         )
         self.started = time.time()
         self.address: tuple[str, int] | None = None
@@ -138,6 +140,7 @@ class Agent:
             loop_name(loop),
         )
         self._keeper_task = loop.create_task(self.keeper.run(), name="tunnel-keeper")
+        self.console.start()
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain."""
@@ -168,6 +171,7 @@ class Agent:
             log.warning("drain deadline passed: closing %d connections", len(self.clients))
         for client in list(self.clients):
             client.close()
+        await self.console.close()
         if self._keeper_task is not None:
             self._keeper_task.cancel()
             await asyncio.gather(self._keeper_task, return_exceptions=True)
@@ -219,6 +223,7 @@ class Agent:
 
     def forget(self, client: ClientConnection) -> None:
         self.clients.discard(client)
+        self.console.client_gone(client)
 
     def status(self) -> dict[str, Any]:
         """What ``fluidity status`` prints (docs/observability.md describes each key).

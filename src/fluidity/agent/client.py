@@ -100,6 +100,10 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.stream: Upstream | None = None
         self.kind = "idle"
+        self.target = ""  # host:port of the current upstream, for the dashboard's top targets
+        # Payload bytes from and to the upstream, read once a second by the dashboard.
+        self.bytes_in = 0
+        self.bytes_out = 0
         self._opening: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._client_paused = False  # the client's socket buffer is full
@@ -124,6 +128,7 @@ class ClientConnection(asyncio.Protocol):
             # A raw splice (CONNECT, upgrades): the session would only hand the
             # bytes back as one SendUpstream. Skipping the round trip through it
             # is the agent's half of turning the connection into a plain splice.
+            self.bytes_out += len(data)
             if not stream.write(data):
                 self._stream_full = True
                 self._update_reading()
@@ -161,6 +166,7 @@ class ClientConnection(asyncio.Protocol):
         if self._opening is not None:
             self._held.append(lambda: self.stream_data(data))
             return
+        self.bytes_in += len(data)
         if self.session.relaying:
             # The session would emit SendClient(data) (no data follows the
             # stream's end, so there is nothing else for it to decide).
@@ -207,6 +213,7 @@ class ClientConnection(asyncio.Protocol):
         while (event := self.session.next_event()) is not None:
             match event:
                 case SendUpstream(data):
+                    self.bytes_out += len(data)
                     if self.stream is not None and not self.stream.write(data):
                         self._stream_full = True
                 case SendClient(data):
@@ -233,6 +240,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _open(self, host: str, port: int) -> None:
         started = asyncio.get_running_loop().time()
+        self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             stream = await self._connect(host, port)
         except StreamRefused as exc:
@@ -248,7 +256,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.stream = stream
             elapsed = asyncio.get_running_loop().time() - started
-            self.agent.metrics.stream_opened(self.kind, elapsed)
+            self.agent.metrics.stream_opened(self.kind, elapsed, self.target)
             self.session.upstream_opened()
         finally:
             self._opening = None
@@ -262,12 +270,12 @@ class ClientConnection(asyncio.Protocol):
         if self.agent.routing.route(host) == "direct":
             self.kind = "direct"
             return await self.agent.open_direct(host, port, self)
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return await self.agent.keeper.open_stream(authority, self)
+        return await self.agent.keeper.open_stream(self.target, self)
 
     def _failed(self, status: int, reason: str, kind: str, started: float) -> None:
         elapsed = asyncio.get_running_loop().time() - started
-        self.agent.metrics.stream_refused(kind, status, elapsed)
+        # The reason is the body the client gets: the dashboard's error log shows it as is.
+        self.agent.metrics.stream_refused(kind, status, elapsed, self.target, reason)
         self.session.upstream_failed(status, reason)
 
     def _end_client(self) -> None:

@@ -29,6 +29,7 @@ WebSocket transport for good, saying so once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import ssl
@@ -116,6 +117,7 @@ class TunnelKeeper:
         self._up = asyncio.Event()
         self._draining = asyncio.Event()  # the current connection refused a stream
         self._retired: set[TunnelConnection] = set()  # draining, still carrying streams
+        self._wake = asyncio.Event()  # reconnect_now(): skip the backoff wait
         self.state = TunnelState.CONNECTING
         self.last_error = ""
         self.reconnects = 0
@@ -161,7 +163,11 @@ class TunnelKeeper:
                     delay,
                     self._backoff.attempts,
                 )
-                await asyncio.sleep(delay)
+                if not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
+                self._wake.clear()
                 self.reconnects += 1
                 self.metrics.reconnecting()
         finally:
@@ -171,6 +177,15 @@ class TunnelKeeper:
             # agent's shutdown leaves no socket open behind it.
             closing = [conn for conn in (self._conn, *self._retired) if conn is not None]
             await asyncio.gather(*(conn.finish("agent stopping") for conn in closing))
+
+    def reconnect_now(self) -> None:
+        """Start a connection attempt at once (the dashboard's button): a live connection
+        is closed with GOAWAY (its streams fail, as on any loss) and the backoff wait,
+        if one is under way, is cut short. An attempt in progress finishes first."""
+        self._wake.set()
+        conn = self._conn
+        if conn is not None and not conn.closed.done():
+            conn.close("reconnect requested")
 
     async def wait_ready(self, within: float) -> TunnelConnection:
         """The usable connection, waiting up to ``within`` seconds for one."""
@@ -307,7 +322,7 @@ class TunnelKeeper:
             self.last_error = str(exc)
             self._last_failure = exc
             self._failed.set()
-            self.metrics.handshake_failed(failure_reason(exc))
+            self.metrics.handshake_failed(failure_reason(exc), str(exc), self.address)
             if isinstance(exc, AuthenticationError):
                 self.state = TunnelState.AUTH_FAILED
                 log.error("%s", exc)

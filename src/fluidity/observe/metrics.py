@@ -14,6 +14,10 @@ Two kinds of series, by how they are kept:
   nothing for metrics.
 
 Every name starts with ``fluidity_``; docs/observability.md lists them.
+
+The same events also feed ``history`` (:mod:`fluidity.observe.history`), the
+bounded last ten minutes the dashboard draws: the page, ``fluidity status``
+and ``/metrics`` count from one place.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from fluidity import __version__
+from fluidity.observe.history import History
 
 Role = Literal["agent", "server"]
 
@@ -70,6 +75,7 @@ class Metrics:
 
     def __init__(self, role: Role) -> None:
         self.role = role
+        self.history = History()
         self.registry = CollectorRegistry(auto_describe=False)
         reg = self.registry
         info = Gauge(
@@ -117,17 +123,30 @@ class Metrics:
     def connection_made(self) -> None:
         self.connections.inc()
 
-    def handshake_failed(self, reason: str) -> None:
+    def handshake_failed(self, reason: str, message: str = "", peer: str = "") -> None:
+        """A tunnel connection failed; with ``message``, the error log keeps it too."""
         self.handshake_failures.labels(reason).inc()
+        if message:
+            self.history.error(0, reason, peer, message)
 
-    def stream_opened(self, kind: str, seconds: float) -> None:
+    def stream_opened(self, kind: str, seconds: float, target: str = "") -> None:
         self.streams_opened.labels(kind).inc()
         self.open_seconds.labels("opened").observe(seconds)
+        if target:
+            self.history.target_opened(target)
 
-    def stream_refused(self, kind: str, status: int, seconds: float) -> None:
-        """A stream open answered ``status``; ``kind`` names why (``target_error_kind``)."""
+    def stream_refused(
+        self, kind: str, status: int, seconds: float, target: str = "", message: str = ""
+    ) -> None:
+        """A stream open answered ``status``; ``kind`` names why (``target_error_kind``).
+
+        ``message`` is the body the client was answered, kept word for word in the
+        error log (with ``target``) so the page shows what the client saw.
+        """
         self.target_errors.labels(kind, str(status)).inc()
         self.open_seconds.labels("refused").observe(seconds)
+        if message:
+            self.history.error(status, kind, target, message)
 
     def reconnecting(self) -> None:
         self.reconnects.inc()
@@ -142,6 +161,16 @@ class Metrics:
         """The current metrics and their content type, in the format ``accept`` prefers."""
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type
+
+    def totals(self, name: str, label: str) -> dict[str, float]:
+        """The samples of counter ``name`` added up by ``label``, e.g. refusals by kind."""
+        found: dict[str, float] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == f"{name}_total" and label in sample.labels:
+                    key = sample.labels[label]
+                    found[key] = found.get(key, 0.0) + sample.value
+        return found
 
     def value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
         """One sample's value (0 if absent): for status pages and tests."""

@@ -1,4 +1,6 @@
-"""The ``metrics:`` listener: ``GET /metrics`` in the Prometheus text format.
+"""The ``metrics:`` listener: ``GET /metrics`` in the Prometheus text format, and,
+given a ``dashboard`` view, the dashboard page at ``/`` and its JSON
+(:mod:`fluidity.observe.dashboard`; read-only: this listener takes no action).
 
 It runs on the event loop that owns the state it reports, so a scrape reads
 connections and streams between two callbacks, never while they change (a
@@ -11,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import h11
 
 from fluidity.config.values import Address
 from fluidity.errors import ConfigError
+from fluidity.observe import dashboard as pages
 from fluidity.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -29,8 +35,16 @@ MAX_HEAD = 16 * 1024
 class MetricsServer:
     """Serves one ``Metrics`` at ``address``; ``start`` binds, ``close`` stops."""
 
-    def __init__(self, metrics: Metrics, address: Address, *, key: str = "metrics") -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        address: Address,
+        *,
+        key: str = "metrics",
+        dashboard: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
         self.metrics = metrics
+        self.dashboard = dashboard
         self.listen = address
         self.address: tuple[str, int] | None = None
         self._key = key
@@ -82,12 +96,32 @@ class MetricsServer:
         path = request.target.decode("ascii", "replace").split("?", 1)[0]
         if method not in ("GET", "HEAD"):
             return _response(405, b"only GET and HEAD\n", "text/plain", head_only=False)
+        head_only = method == "HEAD"
+        if self.dashboard is not None and path in (pages.PAGE_PATH, pages.DATA_PATH):
+            return self._dashboard(request, path, head_only)
         if path != METRICS_PATH:
             body = f"fluidity {self.metrics.role}: metrics are at {METRICS_PATH}\n".encode()
             return _response(404, body, "text/plain", head_only=method == "HEAD")
         accept = next((v.decode("latin-1") for k, v in request.headers if k == b"accept"), "")
         body, content_type = self.metrics.exposition(accept)
-        return _response(200, body, content_type, head_only=method == "HEAD")
+        return _response(200, body, content_type, head_only=head_only)
+
+    def _dashboard(self, request: h11.Request, path: str, head_only: bool) -> bytes:
+        assert self.dashboard is not None
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
+        view = self.dashboard
+        try:
+            pages.check_host(headers)
+            answer = pages.page() if path == pages.PAGE_PATH else pages.data(view())
+        except pages.DashboardRefused as exc:
+            answer = pages.refusal(exc)
+        return _response(
+            answer.status,
+            answer.body,
+            answer.content_type,
+            head_only=head_only,
+            headers=answer.headers,
+        )
 
 
 async def _read_request(reader: asyncio.StreamReader) -> h11.Request | None:
@@ -103,10 +137,26 @@ async def _read_request(reader: asyncio.StreamReader) -> h11.Request | None:
             return None  # ConnectionClosed
 
 
-def _response(status: int, body: bytes, content_type: str, *, head_only: bool) -> bytes:
-    reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}[status]
+def _response(
+    status: int,
+    body: bytes,
+    content_type: str,
+    *,
+    head_only: bool,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    reason = _reason_phrase(status)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{extra}"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode("latin-1")
     return head if head_only else head + body
+
+
+def _reason_phrase(status: int) -> str:
+    """The reason phrase of ``status`` (``HTTPStatus``), ``Unknown`` if there is none."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"

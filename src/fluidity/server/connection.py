@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -61,10 +62,16 @@ class ServerConnection(TunnelConnection):
         self._registry = registry
         self.identity = ClientIdentity()
         self._admitted = False
+        # For the dashboard: since when, over which transport, until when its certificate.
+        self.since = time.time()
+        self.transport_kind = "direct"
+        self.cert_expires: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        self.identity = ClientIdentity.from_peercert(transport.get_extra_info("peercert") or {})
+        peercert = transport.get_extra_info("peercert") or {}
+        self.identity = ClientIdentity.from_peercert(peercert)
+        self.cert_expires = peercert.get("notAfter")
         where = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.peer_name = f"{self.identity.label}@{where}"
         refusal = self._registry.clients.refusal(self.identity)
@@ -84,7 +91,7 @@ class ServerConnection(TunnelConnection):
             self._loop.call_soon(lambda: self.close(reason, refused=True))
             return
         self._admitted = True
-        kind = transport.get_extra_info("fluidity_transport") or "direct"
+        kind = self.transport_kind = transport.get_extra_info("fluidity_transport") or "direct"
         forwarded = transport.get_extra_info("forwarded_for")
         via = f", forwarded for {forwarded}" if forwarded else ""
         log.info("agent connected: %s (%s transport%s)", self.peer_name, kind, via)

@@ -41,6 +41,7 @@ from fluidity.protocol.policy import TargetPolicy
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
 from fluidity.server.connection import ServerConnection, close_revoked
+from fluidity.server.console import ServerConsole
 from fluidity.server.dialer import Dialer, DialSettings
 from fluidity.server.reload import ReloadableContext
 from fluidity.server.streams import StreamService
@@ -110,8 +111,12 @@ class Server:
         self.websocket_address: tuple[str, int] | None = None
         self._websocket_listener: TLSListener | asyncio.Server | None = None
         self.metrics.watch(self._snapshot)
+        self.started = time.time()
+        self.console = ServerConsole(self)  # the dashboard at / of metrics: (server.console)
         self.metrics_server = (
-            MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
+            MetricsServer(self.metrics, config.metrics, dashboard=self.console.view)
+            if config.metrics is not None
+            else None
         )
 
     @property
@@ -135,6 +140,7 @@ class Server:
         listen = self.config.listen
         if self.metrics_server is not None:
             await self.metrics_server.start()
+            self.console.start()
         # The acceptor runs each TLS handshake with the context current at that
         # moment (hot reload) and logs each failure as one line.
         try:
@@ -239,6 +245,7 @@ class Server:
         if self._websocket_listener is not None:
             await self._websocket_listener.wait_closed()
         if self.metrics_server is not None:
+            await self.console.close()
             await self.metrics_server.close()
         log.info("drained in %.2f s", time.monotonic() - started)
 
@@ -246,6 +253,19 @@ class Server:
         """Active agents, active streams and the last time a stream opened."""
         last = max([self._last_activity, *(c.last_activity for c in self._connections)])
         return Activity(len(self._connections), self._open_streams(), last)
+
+    # -- what the dashboard reads (fluidity.server.console) ----------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def tunnels(self) -> set[ServerConnection]:
+        return self._connections
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot()
 
     # -- live tunnels, and the connections the listeners make ------------
 

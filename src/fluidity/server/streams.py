@@ -56,7 +56,8 @@ class StreamService:
             transport, _ = await self.dialer.dial(authority, lambda: splice)
         except TargetError as exc:
             log.info("%s: CONNECT %s -> %d: %s", conn.peer_name, authority, exc.status, exc)
-            self.metrics.stream_refused(exc.kind, exc.status, time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            self.metrics.stream_refused(exc.kind, exc.status, elapsed, authority, str(exc))
             conn.reject(stream_id, exc.status, str(exc))
             return
         try:
@@ -66,5 +67,5 @@ class StreamService:
             return
         self.splices.add(splice)
         splice.attach(stream)
-        self.metrics.stream_opened("connect", time.monotonic() - started)
+        self.metrics.stream_opened("connect", time.monotonic() - started, authority)
         log.debug("%s: CONNECT %s -> 200", conn.peer_name, authority)
