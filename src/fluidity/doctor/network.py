@@ -78,7 +78,9 @@ async def check_proxy(config: AgentConfig, timeout: float) -> list[Finding]:  # 
         ]
     shown = "; ".join(map(str, choices))
     findings = [
-        Finding.ok("proxy", f"upstream_proxy {upstream.url}: route to {host}:{port} is {shown}")
+        Finding.ok(
+            "proxy", f"upstream_proxy {mask_url(upstream.url)}: route to {host}:{port} is {shown}"
+        )
     ]
     proxies = [choice for choice in choices if choice.kind == "http"]
     if proxies:

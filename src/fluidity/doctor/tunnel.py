@@ -92,6 +92,6 @@ async def _request(agent: Agent, target: str) -> tuple[str, str]:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-    status = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")[2]
+    status = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")[2].strip()
     detail = body.decode("utf-8", "replace").strip().splitlines()
     return status, detail[0] if detail else ""
