@@ -77,10 +77,8 @@ async def test_squid_with_the_right_password_is_all_ok_and_names_the_schemes(
     found = await diagnose(write_yaml(tmp_path / "agent.yaml", document), target=origin.url)
     assert {f.level for f in found} == {Level.OK}, shown(found)
     proxy = [f.message for f in by_check(found, "proxy")]
-    assert (
-        proxy[0]
-        == f"upstream_proxy {squid.url}: route to 127.0.0.1:{server} is PROXY 127.0.0.1:{squid.port}"
-    )
+    route = f"route to 127.0.0.1:{server} is PROXY 127.0.0.1:{squid.port}"
+    assert proxy[0] == f"upstream_proxy {squid.url}: {route}"
     assert "answers 407 Proxy Authentication Required" in proxy[1]
     assert proxy[1].endswith("offering Basic")
     assert "opens a tunnel" in proxy[2]
