@@ -40,7 +40,7 @@ def run(request: ServiceRequest) -> int:
     target = make_target(request)
     steps = plan(request.action, target)
     if request.dry_run:
-        print(describe(steps), end="")
+        print(describe(steps, windows=target.system == "windows"), end="")
         return 0
     return carry_out(steps)
 
@@ -103,13 +103,15 @@ def _user() -> str:
     return f"{domain}\\{name}" if domain else name
 
 
-def describe(steps: Plan) -> str:
-    """The plan as text: each file with its content, then each command."""
+def describe(steps: Plan, *, windows: bool = False) -> str:
+    """The plan as text: each file with its content, then each command (quoted for
+    the shell of the system: POSIX, or ``cmd.exe`` with ``windows``)."""
+    join = subprocess.list2cmdline if windows else shlex.join
     lines: list[str] = []
     for item in steps.write:
         lines.append(f"would write {item.path} (mode {item.mode:04o}):")
         lines.extend(f"    {line}" for line in _text(item).splitlines())
-    lines.extend(f"would run: {shlex.join(command)}" for command in steps.commands)
+    lines.extend(f"would run: {join(command)}" for command in steps.commands)
     lines.extend(f"would remove {path}" for path in steps.remove)
     return "".join(f"{line}\n" for line in lines)
 
