@@ -51,7 +51,7 @@ async def test_an_expired_client_certificate_is_a_problem_naming_the_reissue(
     expired = [f for f in found if "expired on" in f.message]
     assert len(expired) == 1 and expired[0].level is Level.PROBLEM, shown(found)
     assert "tls.cert (CN=expired)" in expired[0].message
-    assert "fluidity certs client" in expired[0].fix and "--force" in expired[0].fix
+    assert "fluidity certs client --dir CA_DIR --name expired --force" in expired[0].fix
     assert exit_code(found) == 1
 
 

@@ -26,8 +26,8 @@ NOT_ISSUED = "is not issued by tls.ca"
 
 # How to get a new certificate of each kind, for the fixes.
 _REISSUE = {
-    "client": "issue a new one: fluidity certs client --dir CA_DIR --name NAME --force",
-    "server": "issue a new one: fluidity certs server --dir CA_DIR --name NAME --dns HOST "
+    "client": "issue a new one: fluidity certs client --dir CA_DIR --name {name} --force",
+    "server": "issue a new one: fluidity certs server --dir CA_DIR --name {name} --dns HOST "
     "--force, then reload the server (SIGHUP)",
     "ca": "create a new CA (fluidity certs init --dir CA_DIR --force), re-issue every certificate",
     "public": "renew the public certificate with its issuer (e.g. your ACME client)",
@@ -83,6 +83,7 @@ def _leaf(
 def _validity(key: str, kind: str, cert: x509.Certificate, now: dt.datetime) -> Iterator[Finding]:
     subject = cert.subject.rfc4514_string() or "(no subject)"
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    reissue = _REISSUE[kind].format(name=_common_name(cert))
     if now < start:
         yield Finding.problem(
             "certificates",
@@ -90,15 +91,13 @@ def _validity(key: str, kind: str, cert: x509.Certificate, now: dt.datetime) -> 
             "check this machine's clock (or wait until then)",
         )
     elif now > end:
-        yield Finding.problem(
-            "certificates", f"{key} ({subject}) expired on {_when(end)}", _REISSUE[kind]
-        )
+        yield Finding.problem("certificates", f"{key} ({subject}) expired on {_when(end)}", reissue)
     elif end - now < EXPIRY_WARNING:
         days = (end - now).days
         yield Finding.warning(
             "certificates",
             f"{key} ({subject}) expires in {days} day(s), on {_when(end)}",
-            _REISSUE[kind],
+            reissue,
         )
     else:
         yield Finding.ok("certificates", f"{key} ({subject}) is valid until {_when(end)}")
@@ -113,7 +112,8 @@ def _chain(key: str, kind: str, cert: x509.Certificate, ca_pem: bytes) -> Findin
         "certificates",
         f"{key} ({subject}) {NOT_ISSUED}: its issuer is {issuer}, "
         "or a CA of that name made again with another key",
-        f"use the ca.crt of the CA directory that issued it as tls.ca, or {_REISSUE[kind]}",
+        "use the ca.crt of the CA directory that issued it as tls.ca, or "
+        + _REISSUE[kind].format(name=_common_name(cert)),
     )
 
 
@@ -161,6 +161,13 @@ def name_finding(cert: x509.Certificate, server_name: str) -> Finding:
         "set server_name in agent.yaml to one of those names, or issue the server a "
         f"certificate with --dns {server_name}",
     )
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    """The subject's CN (the name the CA tool issued it under), else ``NAME``."""
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    value = names[0].value if names else "NAME"
+    return value if isinstance(value, str) else "NAME"
 
 
 def _when(moment: dt.datetime) -> str:

@@ -64,8 +64,10 @@ def key_permissions(config: Config) -> list[Finding]:
         try:
             check_private_key_file(source.path)
         except CertificateError as exc:
-            fix = f"chmod 600 {source.path}" if "chmod" in str(exc) else f"check {key}"
-            findings.append(Finding.problem("key file", f"{key}: {exc}", fix))
+            # the message ends with "; run: chmod 600 PATH": that is the fix
+            message, _, command = str(exc).partition("; run: ")
+            fix = command or f"check {key}"
+            findings.append(Finding.problem("key file", f"{key}: {message}", fix))
             continue
         findings.append(Finding.ok("key file", f"{key} {source.path} is private to its owner"))
     return findings

@@ -25,7 +25,7 @@ from cryptography import x509
 
 from fluidity.agent.path import Streams, open_path
 from fluidity.agent.routes import DirectRoute, presented_certificate
-from fluidity.config.schema import AgentConfig
+from fluidity.config.schema import AgentConfig, FileOrPem
 from fluidity.doctor.certs import name_finding
 from fluidity.doctor.report import Finding
 from fluidity.errors import (
@@ -65,7 +65,10 @@ async def check_handshake(
     """The agent's direct-transport handshake with the server, judged; ``wrong_ca``:
     tls.cert is not issued by tls.ca either (so a foreign issuer means a wrong tls.ca)."""
     try:
-        context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
+        # the key as inline PEM: its file's mode is the key file line's business, and the
+        # handshake can still tell what else is wrong
+        key = FileOrPem.from_pem(config.tls.key.read_bytes(), source="tls.key")
+        context = agent_context(config.tls.ca, config.tls.cert, key)
         ca_pem = config.tls.ca.read_bytes()
     except (CertificateError, ConfigError) as exc:
         fix = "see the certificates lines above"
