@@ -81,7 +81,7 @@ async def test_squid_with_the_right_password_is_all_ok_and_names_the_schemes(
     assert proxy[0] == f"upstream_proxy {squid.url}: {route}"
     assert "answers 407 Proxy Authentication Required" in proxy[1]
     assert proxy[1].endswith("offering Basic")
-    assert "opens a tunnel" in proxy[2]
+    assert proxy[2] == f"the proxy opens a tunnel to 127.0.0.1:{server} for carol"
     assert levels(found, "tunnel") == {Level.OK}
     assert f"CONNECT 127.0.0.1:{server}" in squid.access_log()
 

@@ -143,7 +143,9 @@ async def _through(config: AgentConfig, timeout: float) -> Finding:  # noqa: ASY
             "proxy", str(exc), "see the message; docs/corporate-proxy.md has the cases"
         )
     writer.close()
-    return Finding.ok("proxy", f"the proxy opens a tunnel to {host}:{port} with the credentials")
+    user = config.upstream_proxy.username
+    who = f" for {user}" if user else ""
+    return Finding.ok("proxy", f"the proxy opens a tunnel to {host}:{port}{who}")
 
 
 def _describe(exc: BaseException) -> str:
