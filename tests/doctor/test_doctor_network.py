@@ -149,3 +149,15 @@ def test_the_command_prints_json_and_exits_1_when_the_server_is_down(
     failed = [c for c in document["checks"] if c["level"] == "problem"]
     assert [c["check"] for c in failed] == ["tls handshake"]
     assert done.stderr == ""  # the in-process agent's log lines stay out of the way
+
+
+async def test_on_the_websocket_transport_the_tunnel_line_decides(
+    tmp_path: Path, spki: SecurityPKI
+) -> None:
+    found = await diagnose(agent_file(tmp_path, spki, 9, transport="websocket"))
+    handshake = by_check(found, "tls handshake")
+    assert [f.level for f in handshake] == [Level.WARNING], shown(found)
+    assert "(on the direct transport; transport: websocket)" in handshake[0].message
+    tunnel = by_check(found, "tunnel")
+    assert [f.level for f in tunnel] == [Level.PROBLEM], shown(found)
+    assert "no tunnel to 127.0.0.1:9" in tunnel[0].message

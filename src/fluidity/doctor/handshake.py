@@ -27,7 +27,7 @@ from fluidity.agent.path import Streams, open_path
 from fluidity.agent.routes import DirectRoute, presented_certificate
 from fluidity.config.schema import AgentConfig, FileOrPem
 from fluidity.doctor.certs import name_finding
-from fluidity.doctor.report import Finding
+from fluidity.doctor.report import Finding, Level
 from fluidity.errors import (
     CertificateError,
     ConfigError,
@@ -76,7 +76,33 @@ async def check_handshake(
     connector = functools.partial(open_path, config.upstream_proxy)
     host, port, name = config.server.host, config.server.port, config.server_hostname
     route = DirectRoute(host, port, name, context, ca_pem, connector)
-    where = f"{host}:{port}"
+    result = await _handshake(config, route, timeout, wrong_ca=wrong_ca)
+    if config.transport == "direct" or result.reached:
+        return result
+    # The agent may still get through on its WebSocket transport: the tunnel check
+    # below decides, so a failed direct handshake is only a warning here.
+    return HandshakeResult([_as_warning(f, config) for f in result.findings], False)
+
+
+def _as_warning(finding: Finding, config: AgentConfig) -> Finding:
+    if finding.level is not Level.PROBLEM:
+        return finding
+    return Finding.warning(
+        finding.check,
+        f"{finding.message} (on the direct transport; transport: {config.transport})",
+        f"if the tunnel line below fails too: {finding.fix}",
+    )
+
+
+async def _handshake(
+    config: AgentConfig,
+    route: DirectRoute,
+    timeout: float,  # noqa: ASYNC109
+    *,
+    wrong_ca: bool,
+) -> HandshakeResult:
+    where = f"{route.host}:{route.port}"
+    name = route.server_name
     try:
         async with asyncio.timeout(timeout + 0.5):
             conn = await route.open(_factory(where), budget=timeout)
@@ -174,6 +200,7 @@ def _failed(config: AgentConfig, exc: HandshakeError) -> Finding:
 
 
 def _unreachable(config: AgentConfig, why: str) -> Finding:
+    why = why.removeprefix(f"cannot connect to {config.server}: ")
     return Finding.problem(
         "tls handshake",
         f"cannot reach the server {config.server}: {why}",
