@@ -87,6 +87,22 @@ async def test_squid_with_the_right_password_is_all_ok_and_names_the_schemes(
 
 
 @requires_squid
+async def test_a_pac_file_naming_squid_is_followed(
+    tmp_path: Path, spki: SecurityPKI, server: int, squid: Squid
+) -> None:
+    pac = tmp_path / "proxy.pac"
+    answer = f"PROXY 127.0.0.1:{squid.port}; DIRECT"
+    pac.write_text(f'function FindProxyForURL(url, host) {{ return "{answer}"; }}')
+    section = {"url": f"pac+file://{pac}", "username": "carol", "password": PASSWORD}
+    document = agent_yaml(spki.quickstart(), server, upstream_proxy=section)
+    found = await diagnose(write_yaml(tmp_path / "agent.yaml", document))
+    proxy = by_check(found, "proxy")
+    assert {f.level for f in proxy} == {Level.OK}, shown(found)
+    assert proxy[0].message.endswith(f"is PROXY 127.0.0.1:{squid.port}; DIRECT")
+    assert levels(found, "tls handshake") == {Level.OK}
+
+
+@requires_squid
 async def test_squid_refusing_the_password_is_a_problem_and_stops_there(
     tmp_path: Path, spki: SecurityPKI, server: int, squid: Squid
 ) -> None:
