@@ -96,7 +96,7 @@ async def _network(
                 "server",
                 f"lifecycle: the server address comes from the control plane; checking "
                 f"{config.server} as configured",
-                "wake the server first (fluidity cloud wake) for a meaningful result",
+                "wake the server first (fluidity cloud wake --config agent.yaml), then run again",
             )
         )
     dns = await check_dns(config, timeout)
