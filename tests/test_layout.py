@@ -7,6 +7,7 @@ because a lazy import is still a dependency.
 - at most 8 modules directly in ``src/fluidity/``, packages at most 2 deep;
 - no module over 400 lines;
 - imports point down: cli/quickstart -> agent/server -> transport -> protocol,
+  with doctor/ and service/ in the top layer beside cli (and imported by cli alone),
   with config, pki, observe and errors usable from any layer but importing
   none of agent/, server/, transport/;
 - ``protocol/`` does no I/O: no asyncio, socket or ssl, nothing of fluidity
@@ -43,7 +44,11 @@ MAY_IMPORT: dict[str, set[str]] = {
     "transport": SHARED | {"protocol"},
     "agent": SHARED | {"protocol", "transport", "lifecycle"},
     "server": SHARED | {"protocol", "transport", "lifecycle"},
+    # top layer, beside cli: they may use every layer below; only cli imports them
+    "doctor": SHARED | {"protocol", "transport", "agent", "server", "lifecycle"},
+    "service": SHARED,
 }
+TOP_LAYER_PACKAGES = {"doctor", "service"}
 NO_IO_IN_PROTOCOL = {"asyncio", "socket", "ssl", "selectors", "uvloop", "subprocess"}
 
 
@@ -143,6 +148,17 @@ def test_imports_point_down() -> None:
         and dst not in MAY_IMPORT[src]
     ]
     assert upward == []
+
+
+def test_only_the_cli_imports_the_top_layer_packages() -> None:
+    wrong = [
+        f"{imp.importer}:{imp.line} imports {imp.imported}"
+        for imp in fluidity_imports()
+        if (dst := part_of(imp.imported)) in TOP_LAYER_PACKAGES
+        and part_of(imp.importer) != dst
+        and imp.importer != "fluidity.cli"
+    ]
+    assert wrong == []
 
 
 def test_every_package_has_a_rule() -> None:

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     health.set_defaults(func=_cmd_health)
 
     _add_status(sub)
+    _add_doctor(sub)
+    _add_service(sub)
     certs_cli.add_parser(sub)
     _add_optional_commands(sub)
     _add_logging_options(parser)
@@ -103,6 +105,56 @@ def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     status.add_argument("--count", type=_positive_int, help="with --watch: stop after N refreshes")
     status.set_defaults(func=_cmd_status)
+
+
+def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    doctor = sub.add_parser(
+        "doctor",
+        help="check a setup and say what is wrong and how to fix it",
+        description="Check, in order: the config, key files, certificates, DNS, the corporate "
+        "proxy, the TLS handshake (naming a TLS-inspecting proxy), the server's name and "
+        "clock, and a request through the tunnel. One line each: ok, warning or problem "
+        "with the fix. Exit status 1 if any check found a problem.",
+    )
+    doctor.add_argument("--config", type=Path, required=True, help="agent.yaml or server.yaml")
+    doctor.add_argument(
+        "--role",
+        choices=["agent", "server"],
+        help="which config it is (default: agent if it has a server: key, else server)",
+    )
+    doctor.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    doctor.add_argument(
+        "--target",
+        default="https://example.com/",
+        help="URL to fetch through the tunnel (default: https://example.com/; https: CONNECT)",
+    )
+    doctor.add_argument(
+        "--timeout", type=_positive, default=10.0, help="seconds for each network check"
+    )
+    doctor.set_defaults(func=_cmd_doctor)
+
+
+def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    service = sub.add_parser(
+        "service",
+        help="run the agent at login: systemd user unit, launchd agent or scheduled task",
+        description="Install, remove or show the agent as a service of this user: a systemd "
+        "user unit (Linux), a launchd LaunchAgent (macOS) or a Task Scheduler task at logon "
+        "(Windows), restarted when it fails.",
+    )
+    service.add_argument("action", choices=["install", "uninstall", "status"])
+    service.add_argument(
+        "--config", type=Path, help="the agent.yaml the service runs with (install: required)"
+    )
+    service.add_argument(
+        "--dry-run", action="store_true", help="print the files and commands, change nothing"
+    )
+    service.add_argument(
+        "--platform",
+        choices=["linux", "macos", "windows"],
+        help="with --dry-run: show another system's files (default: this one)",
+    )
+    service.set_defaults(func=_cmd_service)
 
 
 def _positive(text: str) -> float:
@@ -247,6 +299,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
         as_json=args.json, watch=args.watch, interval=args.interval, count=args.count
     )
     return status.run(target, options)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from fluidity.doctor.run import DoctorOptions, run
+
+    if not hasattr(args, "log_level"):
+        # the findings are the output: the in-process agent's own log lines are noise
+        logging.getLogger("fluidity").setLevel(logging.CRITICAL)
+    options = DoctorOptions(
+        role=args.role, as_json=args.json, target=args.target, timeout=args.timeout
+    )
+    return run(args.config, options)
+
+
+def _cmd_service(args: argparse.Namespace) -> int:
+    from fluidity.service.apply import ServiceRequest, run
+
+    request = ServiceRequest(args.action, args.config, args.dry_run, args.platform)
+    return run(request)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
