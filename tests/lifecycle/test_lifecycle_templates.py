@@ -187,10 +187,15 @@ def test_the_function_roles_hold_only_what_each_function_needs(template: dict[st
         name: props["Role"]["Fn::GetAtt"][0]
         for name, props in resources_of(template, "AWS::Lambda::Function").items()
     }
+    change = {
+        "ecs:UpdateService",
+        "application-autoscaling:DescribeScalableTargets",
+        "application-autoscaling:RegisterScalableTarget",
+    }
     assert actions_of(template, roles["QueryFunction"]) == read
-    assert actions_of(template, roles["WakeFunction"]) == read | {"ecs:UpdateService"}
-    assert actions_of(template, roles["KillFunction"]) == read | {"ecs:UpdateService"}
-    assert actions_of(template, roles["SleepFunction"]) == read | {"ecs:UpdateService"} | metrics
+    assert actions_of(template, roles["WakeFunction"]) == read | change
+    assert actions_of(template, roles["KillFunction"]) == read | change
+    assert actions_of(template, roles["SleepFunction"]) == read | change | metrics
     scale = template["Resources"]["ScaleServicePolicy"]["Properties"]["PolicyDocument"]
     assert scale["Statement"][0]["Resource"] == {"Ref": "Service"}
 
