@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from fluidity.config.load import Section, load_config
+from fluidity.config.rebalance import RebalanceConfig
 from fluidity.config.upstream import UpstreamProxyConfig
 from fluidity.errors import ConfigError
 from fluidity.lifecycle.client import LifecycleConfig
@@ -333,6 +334,7 @@ class ServerConfig(Section):
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     cloudwatch: CloudWatchConfig | None = None
+    rebalance: RebalanceConfig = RebalanceConfig()  # noqa: RUF009 -- frozen, shared safely
 
 
 # -- agent -------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from fluidity.protocol.policy import TargetPolicy
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
 from fluidity.server.dialer import Dialer, DialSettings
+from fluidity.server.rebalance import Rebalancer
 from fluidity.server.reload import ReloadableContext
 from fluidity.transport.connection import TunnelConnection
 from fluidity.transport.frontdoor import Handoff, ServerContexts, make_link, server_contexts
@@ -116,6 +117,9 @@ class Server:
         self.websocket_address: tuple[str, int] | None = None
         self._websocket_listener: TLSListener | asyncio.Server | None = None
         self.metrics.watch(self._snapshot)
+        self.rebalancer: Rebalancer | None = None
+        if config.rebalance.enabled:
+            self.rebalancer = Rebalancer(config.rebalance, self._connections.copy)
         self.metrics_server = (
             MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
         )
@@ -152,6 +156,8 @@ class Server:
                 self.tls.watch(self.config.tls.reload_interval), name="tls-reload-watch"
             )
         self._started = True
+        if self.rebalancer is not None:
+            self.rebalancer.start()
         if self.config.cloudwatch is not None:
             publisher = MetricsPublisher(self.config.cloudwatch)
             self._publisher = loop.create_task(publisher.run(self.activity), name="cloudwatch")
@@ -217,6 +223,8 @@ class Server:
         self._draining = True
         if self._publisher is not None:
             self._publisher.cancel()
+        if self.rebalancer is not None:
+            self.rebalancer.close()
         self.acceptor.close()
         if self._websocket_listener is not None:
             self._websocket_listener.close()
