@@ -8,13 +8,14 @@ do not know fails here rather than in a deploy.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from lifecycle_world import REGION, RESOURCE_ID, FargateWorld
 from test_lifecycle_templates import MAIN, load, resources_of
 
-from fluidity.config.schema import ServerConfig
+from fluidity.config.schema import ServerConfig, load_server_config
 from fluidity.lifecycle.aws import EcsScalableTarget
 
 SERVER_DRAIN = ServerConfig.__dataclass_fields__["drain_timeout"].default
@@ -90,7 +91,9 @@ def test_the_tunnels_policy_tracks_the_metric_the_server_publishes(
     assert metric["Statistic"] == "Average"
     container = resources_of(template, "AWS::ECS::TaskDefinition")["TaskDefinition"]
     environment = {
-        e["Name"]: e["Value"] for e in container["ContainerDefinitions"][0]["Environment"]
+        e["Name"]: e["Value"]
+        for e in container["ContainerDefinitions"][0]["Environment"]
+        if "Name" in e
     }
     assert metric["Dimensions"] == [
         {"Name": "ServiceName", "Value": environment["FLUIDITY_SERVER__CLOUDWATCH__SERVICE"]}
@@ -171,3 +174,27 @@ def test_moto_takes_the_scaling_policies_and_the_target_group_as_written(
         "TCP",
         "traffic-port",
     )
+
+
+def test_rebalancing_is_off_unless_asked_and_sets_real_config_keys(
+    template: dict[str, Any], tmp_path: Path
+) -> None:
+    assert template["Parameters"]["RebalanceAboveTunnels"]["Default"] == 0
+    (definition,) = resources_of(template, "AWS::ECS::TaskDefinition").values()
+    conditional = [
+        e["Fn::If"] for e in definition["ContainerDefinitions"][0]["Environment"] if "Fn::If" in e
+    ]
+    assert {c[0] for c in conditional} == {"Rebalance"}
+    assert all(c[2] == {"Ref": "AWS::NoValue"} for c in conditional)
+    variables = {c[1]["Name"]: c[1]["Value"] for c in conditional}
+    assert variables == {
+        "FLUIDITY_SERVER__REBALANCE__ENABLED": "true",
+        "FLUIDITY_SERVER__REBALANCE__ABOVE": {"Ref": "RebalanceAboveTunnels"},
+    }
+    # the names are real config keys: the server's loader takes them
+    pem = tmp_path / "x.pem"
+    pem.write_text("-")
+    tls = {f"FLUIDITY_SERVER__TLS__{k}": str(pem) for k in ("CA", "CERT", "KEY")}
+    env = {**tls, "FLUIDITY_SERVER__REBALANCE__ENABLED": "true"}
+    config = load_server_config(None, env={**env, "FLUIDITY_SERVER__REBALANCE__ABOVE": "300"})
+    assert (config.rebalance.enabled, config.rebalance.above) == (True, 300)
