@@ -151,11 +151,16 @@ def moved(agents: list[Agent], before: dict[int, object], since: float) -> list[
     ]
 
 
-async def start_server(pki: QuickstartPKI, port: int, workdir: Path) -> Process:
+async def start_server(
+    pki: QuickstartPKI, port: int, workdir: Path, processes: list[Process]
+) -> Process:
+    """A server process on ``port``, added to ``processes`` (killed at the test's end)."""
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     config = server_yaml(pki, listen=f"{LOOPBACK}:{port}", drain_timeout=DRAIN)
     # start_process polls the log; in a thread, so the agents' traffic goes on meanwhile
-    return await asyncio.to_thread(start_process, "server", config, workdir)
+    process = await asyncio.to_thread(start_process, "server", config, workdir)
+    processes.append(process)
+    return process
 
 
 def figure(name: str, value: float, unit: str = "s") -> None:
@@ -209,13 +214,15 @@ async def restart_in_turn(
     ports: list[int],
     agents: list[Agent],
     workdir: Path,
+    processes: list[Process],
 ) -> list[float]:
     """Stop each server in turn (:func:`stop_one`) and start it again on its port."""
     moves: list[float] = []
     for index in range(SERVERS):
         name = f"s{index}"
         moves.append(await stop_one(haproxy, name, servers[index], agents))
-        servers[index] = await start_server(pki, ports[index], workdir / f"{name}-{index + 1}")
+        again = workdir / f"{name}-{index + 1}"
+        servers[index] = await start_server(pki, ports[index], again, processes)
         await haproxy.wait_status(name, "UP", within=15)
     return moves
 
@@ -227,10 +234,12 @@ async def test_rolling_restart_behind_haproxy_loses_no_request_and_spreads_the_a
     ports = [free_port() for _ in range(SERVERS)]
     servers = list(
         await asyncio.gather(
-            *(start_server(pki, port, tmp_path / f"s{i}-0") for i, port in enumerate(ports))
+            *(
+                start_server(pki, port, tmp_path / f"s{i}-0", processes)
+                for i, port in enumerate(ports)
+            )
         )
     )
-    processes.extend(servers)
     tally, stop = Tally(), asyncio.Event()
     started = time.monotonic()
     with counting_replays() as replays:
@@ -249,8 +258,9 @@ async def test_rolling_restart_behind_haproxy_loses_no_request_and_spreads_the_a
             ]
             try:
                 await wait_for(lambda: tally.gets >= 50 and tally.transfers >= 6, within=30)
-                moves = await restart_in_turn(pki, haproxy, servers, ports, agents, tmp_path)
-                processes.extend(servers)
+                moves = await restart_in_turn(
+                    pki, haproxy, servers, ports, agents, tmp_path, processes
+                )
             finally:
                 stop.set()
                 await asyncio.wait_for(asyncio.gather(*workers), 60)
