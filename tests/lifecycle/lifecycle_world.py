@@ -21,6 +21,7 @@ from moto.ecs.models import ecs_backends
 REGION = "eu-west-1"
 CLUSTER = "fluidity"
 SERVICE = "fluidity-server"
+RESOURCE_ID = f"service/{CLUSTER}/{SERVICE}"
 
 
 @dataclass
@@ -91,6 +92,28 @@ class FargateWorld:
 
     def set_desired_count(self, count: int) -> None:
         self.ecs.update_service(cluster=CLUSTER, service=SERVICE, desiredCount=count)
+
+    @property
+    def autoscaling(self) -> Any:
+        return boto3.client("application-autoscaling", region_name=REGION)
+
+    def register_scalable_target(self, min_tasks: int, max_tasks: int) -> None:
+        """Register the service with Application Auto Scaling, as the stack does."""
+        self.autoscaling.register_scalable_target(
+            ServiceNamespace="ecs",
+            ResourceId=RESOURCE_ID,
+            ScalableDimension="ecs:service:DesiredCount",
+            MinCapacity=min_tasks,
+            MaxCapacity=max_tasks,
+        )
+
+    @property
+    def limits(self) -> tuple[int, int] | None:
+        """(min, max) of the scalable target, or None when there is none."""
+        found = self.autoscaling.describe_scalable_targets(
+            ServiceNamespace="ecs", ResourceIds=[RESOURCE_ID]
+        )["ScalableTargets"]
+        return (found[0]["MinCapacity"], found[0]["MaxCapacity"]) if found else None
 
     def start_task(
         self,

@@ -73,6 +73,16 @@ def test_status_prints_the_state_and_address(
     assert capsys.readouterr().out == f"starting\nready {ADDRESS}\n"
 
 
+def test_status_prints_the_running_tasks_when_the_control_plane_counts_them(
+    aws_credentials: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer = {"status": "ready", "address": ADDRESS, "tasks": 3}
+    fake = FakeControlPlane({"/query": [(200, answer)], "/wake": [], "/kill": []})
+    with fake.running():
+        assert run("status", *url_flags(fake)) == 0
+    assert capsys.readouterr().out == f"ready {ADDRESS} (3 running)\n"
+
+
 def test_kill_prints_stopped(plane: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("kill", *url_flags(plane)) == 0
     assert capsys.readouterr().out == "stopped\n"

@@ -29,22 +29,25 @@ def running(ip: str | None = "203.0.113.7", *, started: float = NOW - 60, **kw: 
 @pytest.mark.parametrize(
     ("service", "expected"),
     [
-        (ServiceView(0), ServerStatus(Status.STOPPED)),
-        (ServiceView(0, (running(),)), ServerStatus(Status.STOPPED)),
-        (ServiceView(1), ServerStatus(Status.STARTING)),
+        (ServiceView(0), ServerStatus(Status.STOPPED, tasks=0)),
+        (ServiceView(0, (running(),)), ServerStatus(Status.STOPPED, tasks=1)),
+        (ServiceView(1), ServerStatus(Status.STARTING, tasks=0)),
         (
             ServiceView(1, (TaskView("arn:t", "PROVISIONING", public_ip=None),)),
-            ServerStatus(Status.STARTING),
+            ServerStatus(Status.STARTING, tasks=0),
         ),
-        (ServiceView(1, (TaskView("arn:t", "PENDING"),)), ServerStatus(Status.STARTING)),
-        (ServiceView(1, (running(ip=None),)), ServerStatus(Status.STARTING)),
-        (ServiceView(1, (running(health="UNHEALTHY"),)), ServerStatus(Status.STARTING)),
+        (ServiceView(1, (TaskView("arn:t", "PENDING"),)), ServerStatus(Status.STARTING, tasks=0)),
+        (ServiceView(1, (running(ip=None),)), ServerStatus(Status.STARTING, tasks=1)),
+        (ServiceView(1, (running(health="UNHEALTHY"),)), ServerStatus(Status.STARTING, tasks=0)),
         (
             ServiceView(1, (running(desired_status="STOPPED"),)),
-            ServerStatus(Status.STARTING),
+            ServerStatus(Status.STARTING, tasks=0),
         ),
-        (ServiceView(1, (running(),)), ServerStatus(Status.READY, "203.0.113.7")),
-        (ServiceView(1, (running(health="HEALTHY"),)), ServerStatus(Status.READY, "203.0.113.7")),
+        (ServiceView(1, (running(),)), ServerStatus(Status.READY, "203.0.113.7", 1)),
+        (
+            ServiceView(1, (running(health="HEALTHY"),)),
+            ServerStatus(Status.READY, "203.0.113.7", 1),
+        ),
         (
             ServiceView(
                 2,
@@ -53,7 +56,7 @@ def running(ip: str | None = "203.0.113.7", *, started: float = NOW - 60, **kw: 
                     running("198.51.100.1", started=NOW - 500),
                 ),
             ),
-            ServerStatus(Status.READY, "198.51.100.1"),
+            ServerStatus(Status.READY, "198.51.100.1", 2),
         ),
     ],
     ids=[
@@ -78,8 +81,8 @@ def test_status_follows_desired_count_and_tasks(
 
 def test_a_load_balancer_address_replaces_the_task_address_once_a_task_serves() -> None:
     nlb = "fluidity-123.elb.eu-west-1.amazonaws.com"
-    assert server_status(ServiceView(1, (running(),)), nlb) == ServerStatus(Status.READY, nlb)
-    assert server_status(ServiceView(1), nlb) == ServerStatus(Status.STARTING)
+    assert server_status(ServiceView(1, (running(),)), nlb) == ServerStatus(Status.READY, nlb, 1)
+    assert server_status(ServiceView(1), nlb) == ServerStatus(Status.STARTING, tasks=0)
 
 
 @pytest.mark.parametrize(

@@ -22,15 +22,15 @@ def body_of(response: dict[str, Any], status_code: int = 200) -> dict[str, Any]:
 
 
 def test_query_says_stopped_while_the_desired_count_is_zero(handler_env: FargateWorld) -> None:
-    assert body_of(handlers.query({}, None)) == {"status": "stopped"}
+    assert body_of(handlers.query({}, None)) == {"status": "stopped", "tasks": 0}
 
 
 def test_wake_sets_the_desired_count_to_one_and_answers_starting(
     handler_env: FargateWorld,
 ) -> None:
-    assert body_of(handlers.wake({}, None)) == {"status": "starting"}
+    assert body_of(handlers.wake({}, None)) == {"status": "starting", "tasks": 0}
     assert handler_env.desired_count == 1
-    assert body_of(handlers.query({}, None)) == {"status": "starting"}
+    assert body_of(handlers.query({}, None)) == {"status": "starting", "tasks": 0}
 
 
 def test_wake_is_idempotent_and_never_lowers_a_scaled_out_count(
@@ -48,8 +48,9 @@ def test_query_is_ready_with_the_public_ip_once_a_task_runs(handler_env: Fargate
     handlers.wake({}, None)
     _, ip = handler_env.start_task()
     assert ip
-    assert body_of(handlers.query({}, None)) == {"status": "ready", "address": ip}
-    assert body_of(handlers.wake({}, None)) == {"status": "ready", "address": ip}
+    ready = {"status": "ready", "address": ip, "tasks": 1}
+    assert body_of(handlers.query({}, None)) == ready
+    assert body_of(handlers.wake({}, None)) == ready
 
 
 def test_a_provisioning_task_or_one_without_a_public_ip_is_still_starting(
@@ -58,7 +59,7 @@ def test_a_provisioning_task_or_one_without_a_public_ip_is_still_starting(
     handlers.wake({}, None)
     handler_env.start_task(status="PROVISIONING", started_ago=None, public=False)
     handler_env.start_task(public=False)
-    assert body_of(handlers.query({}, None)) == {"status": "starting"}
+    assert body_of(handlers.query({}, None)) == {"status": "starting", "tasks": 1}
 
 
 def test_tasks_outside_the_service_or_being_stopped_are_ignored(
@@ -68,7 +69,7 @@ def test_tasks_outside_the_service_or_being_stopped_are_ignored(
     handler_env.start_task(group="family:fluidity-server")
     arn, _ = handler_env.start_task()
     handler_env.ecs.stop_task(cluster=CLUSTER, task=arn, reason="test")
-    assert body_of(handlers.query({}, None)) == {"status": "starting"}
+    assert body_of(handlers.query({}, None)) == {"status": "starting", "tasks": 0}
 
 
 def test_a_fixed_public_address_is_answered_behind_a_load_balancer(
@@ -78,7 +79,7 @@ def test_a_fixed_public_address_is_answered_behind_a_load_balancer(
     monkeypatch.setenv("FLUIDITY_PUBLIC_ADDRESS", nlb)
     handlers.wake({}, None)
     handler_env.start_task(public=False)
-    assert body_of(handlers.query({}, None)) == {"status": "ready", "address": nlb}
+    assert body_of(handlers.query({}, None)) == {"status": "ready", "address": nlb, "tasks": 1}
 
 
 def test_kill_scales_to_zero_now_even_when_active(handler_env: FargateWorld) -> None:
@@ -87,7 +88,7 @@ def test_kill_scales_to_zero_now_even_when_active(handler_env: FargateWorld) -> 
     handler_env.report_activity(seconds_ago=5)
     assert body_of(handlers.kill({}, None)) == {"status": "stopped"}
     assert handler_env.desired_count == 0
-    assert body_of(handlers.query({}, None)) == {"status": "stopped"}
+    assert body_of(handlers.query({}, None))["status"] == "stopped"
 
 
 def sleep_body(world: FargateWorld) -> dict[str, Any]:
@@ -114,6 +115,7 @@ def test_sleep_keeps_an_active_server(handler_env: FargateWorld) -> None:
     assert body == {
         "status": "ready",
         "address": ip,
+        "tasks": 1,
         "decision": "keep-running",
         "reason": body["reason"],
     }

@@ -23,6 +23,7 @@ def test_every_module_but_aws_imports_without_boto3() -> None:
     result = run_without_boto(
         """
         import fluidity.lifecycle.decisions
+        import fluidity.lifecycle.scaling
         import fluidity.lifecycle.operations
         import fluidity.lifecycle.handlers
         import fluidity.lifecycle.cloudwatch

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fluidity.config.fields import Section, check_order
 from fluidity.config.load import load_config
+from fluidity.config.rebalance import RebalanceConfig
 from fluidity.config.values import (
     DEFAULT_WEBSOCKET_PATH,
     Address,
@@ -148,6 +149,7 @@ class ServerConfig(Section):
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     cloudwatch: CloudWatchConfig | None = None
+    rebalance: RebalanceConfig = RebalanceConfig()  # noqa: RUF009 -- frozen, shared safely
 
 
 def load_server_config(

@@ -1,15 +1,16 @@
 """The AWS edge: the only module that imports boto3 and botocore.
 
 It implements the gateways of :mod:`fluidity.lifecycle.operations` (the ECS service,
-the activity metric), the metric sink of :mod:`fluidity.lifecycle.cloudwatch`, and
-SigV4 signing for :mod:`fluidity.lifecycle.client`. Everyone else imports it lazily,
-inside a function, so that ``import fluidity.lifecycle.decisions`` works where boto3
-is not installed. botocore's exceptions are translated into
+its scalable target in Application Auto Scaling, the activity metric), the metric
+sink of :mod:`fluidity.lifecycle.cloudwatch`, and SigV4 signing for
+:mod:`fluidity.lifecycle.client`. Everyone else imports it lazily, inside a
+function, so that ``import fluidity.lifecycle.decisions`` works where boto3 is
+not installed. botocore's exceptions are translated into
 :class:`~fluidity.errors.LifecycleError` here and nowhere else.
 
-Clients are injectable (``ecs=``, ``ec2=``, ``cloudwatch=``) so tests can hand in
-clients bound to moto; by default they come from boto3's standard credential and
-region chain (in Lambda: the function's role and ``AWS_REGION``).
+Clients are injectable (``ecs=``, ``ec2=``, ``cloudwatch=``, ``autoscaling=``) so
+tests can hand in clients bound to moto; by default they come from boto3's
+standard credential and region chain (in Lambda: the function's role and ``AWS_REGION``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import boto3
 import botocore.auth
@@ -27,8 +28,10 @@ import botocore.session
 
 from fluidity.errors import ConfigError, LifecycleError
 from fluidity.lifecycle.decisions import ServiceView, TaskView
+from fluidity.lifecycle.scaling import Limits
 
 if TYPE_CHECKING:
+    from mypy_boto3_application_autoscaling import ApplicationAutoScalingClient
     from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_cloudwatch.type_defs import MetricDatumTypeDef
     from mypy_boto3_ec2 import EC2Client
@@ -126,6 +129,55 @@ class EcsService:
             for eni in found.get("NetworkInterfaces", [])
             if eni.get("Association", {}).get("PublicIp")
         }
+
+
+class EcsScalableTarget:
+    """:class:`~fluidity.lifecycle.operations.ScalingGateway`: the service's desired count
+    as a scalable target of Application Auto Scaling (``ecs:service:DesiredCount``)."""
+
+    DIMENSION: Final = "ecs:service:DesiredCount"
+
+    def __init__(
+        self,
+        cluster: str,
+        service: str,
+        *,
+        autoscaling: ApplicationAutoScalingClient | None = None,
+        region: str | None = None,
+    ) -> None:
+        # A cluster ARN (arn:...:cluster/NAME) works too: the resource id wants the name.
+        self.resource_id = f"service/{cluster.rsplit('/', 1)[-1]}/{service}"
+        with translated("creating the Application Auto Scaling client", _REGION_FIX):
+            self._aas = autoscaling or boto3.client("application-autoscaling", region_name=region)
+        self._fix = (
+            f"check that the stack registered {self.resource_id} as a scalable target "
+            "and that the role may call application-autoscaling"
+        )
+
+    def limits(self) -> Limits | None:
+        with translated("application-autoscaling:DescribeScalableTargets", self._fix):
+            found = self._aas.describe_scalable_targets(
+                ServiceNamespace="ecs",
+                ResourceIds=[self.resource_id],
+                ScalableDimension=self.DIMENSION,
+            )
+        for target in found.get("ScalableTargets", []):
+            return Limits(target["MinCapacity"], target["MaxCapacity"])
+        return None
+
+    def set_limits(self, limits: Limits) -> None:
+        action = (
+            "application-autoscaling:RegisterScalableTarget "
+            f"(min {limits.min_tasks}, max {limits.max_tasks})"
+        )
+        with translated(action, self._fix):
+            self._aas.register_scalable_target(
+                ServiceNamespace="ecs",
+                ResourceId=self.resource_id,
+                ScalableDimension=self.DIMENSION,
+                MinCapacity=limits.min_tasks,
+                MaxCapacity=limits.max_tasks,
+            )
 
 
 def _eni_of(task: TaskTypeDef) -> str | None:

@@ -38,7 +38,9 @@ def add_parser(subparsers: Any) -> None:
         "--no-wait", action="store_true", help="ask for the server and return at once"
     )
     wake.set_defaults(func=run_wake)
-    status = commands.add_parser("status", help="print stopped, starting or ready ADDRESS")
+    status = commands.add_parser(
+        "status", help="print stopped, starting or ready ADDRESS, and the running tasks"
+    )
     status.set_defaults(func=run_status)
     kill = commands.add_parser("kill", help="scale the server to zero now")
     kill.set_defaults(func=run_kill)
@@ -71,7 +73,8 @@ def run_wake(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     async def main(client: ControlPlaneClient) -> None:
         status = await client.query()
-        print(" ".join(filter(None, (status.status.value, status.address))))
+        tasks = None if status.tasks is None else f"({status.tasks} running)"
+        print(" ".join(filter(None, (status.status.value, status.address, tasks))))
 
     return _run(args, main)
 

@@ -11,6 +11,10 @@ The status model the agent sees::
     stopped   desired count 0 (tasks may still be draining; none will take new work)
     starting  desired count >= 1, but no task is RUNNING with a public address yet
     ready     desired count >= 1 and a task is RUNNING, healthy or unchecked, with an address
+
+Each status read from the service also carries ``tasks``, the number of tasks
+serving (RUNNING, meant to run, not known unhealthy): behind the load balancer
+the auto scaler moves it between MinTasks and MaxTasks.
 """
 
 from __future__ import annotations
@@ -67,16 +71,23 @@ class ServiceView:
 
 @dataclass(frozen=True)
 class ServerStatus:
-    """What ``query`` (and ``wake``/``kill``) answer: a status and, when ready, an address."""
+    """What ``query`` (and ``wake``/``kill``) answer: a status and, when ready, an address.
+
+    ``tasks`` is the number of serving tasks when the answer was read from the
+    service (``None`` when it was not, as after ``kill``).
+    """
 
     status: Status
     address: str | None = None
+    tasks: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON body of a function-URL answer; ``address`` only when there is one."""
+        """The JSON body of a function-URL answer; ``address`` and ``tasks`` when known."""
         body: dict[str, Any] = {"status": self.status.value}
         if self.address is not None:
             body["address"] = self.address
+        if self.tasks is not None:
+            body["tasks"] = self.tasks
         return body
 
     @classmethod
@@ -94,7 +105,12 @@ class ServerStatus:
             raise LifecycleError(
                 f"the control plane said 'ready' without an address: {dict(body)!r}"
             )
-        return cls(status, address if isinstance(address, str) else None)
+        tasks = body.get("tasks")
+        return cls(
+            status,
+            address if isinstance(address, str) else None,
+            tasks if isinstance(tasks, int) and not isinstance(tasks, bool) else None,
+        )
 
 
 def server_status(service: ServiceView, fixed_address: str | None = None) -> ServerStatus:
@@ -103,14 +119,16 @@ def server_status(service: ServiceView, fixed_address: str | None = None) -> Ser
     ``fixed_address`` (a load balancer's DNS name) replaces the task's own address:
     behind an NLB the agent connects to the balancer, not to a task.
     """
+    serving = _by_start(t for t in service.tasks if t.serving)
+    count = len(serving)
     if service.desired_count <= 0:
-        return ServerStatus(Status.STOPPED)
-    for task in _by_start(t for t in service.tasks if t.serving):
+        return ServerStatus(Status.STOPPED, tasks=count)
+    for task in serving:
         if fixed_address:
-            return ServerStatus(Status.READY, fixed_address)
+            return ServerStatus(Status.READY, fixed_address, count)
         if task.public_ip:
-            return ServerStatus(Status.READY, task.public_ip)
-    return ServerStatus(Status.STARTING)
+            return ServerStatus(Status.READY, task.public_ip, count)
+    return ServerStatus(Status.STARTING, tasks=count)
 
 
 def _by_start(tasks: Iterable[TaskView]) -> list[TaskView]:

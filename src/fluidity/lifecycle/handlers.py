@@ -6,11 +6,14 @@ Configured by the environment (set by the CloudFormation template)::
     FLUIDITY_SERVICE         ECS service name                             (required)
     FLUIDITY_IDLE_MINUTES    minutes without activity before sleep scales to 0 (default 15)
     FLUIDITY_PUBLIC_ADDRESS  optional fixed address (the NLB's DNS name) answered when ready
+    FLUIDITY_MIN_TASKS       with FLUIDITY_MAX_TASKS: the service has a scalable target
+    FLUIDITY_MAX_TASKS       (ECS Service Auto Scaling); wake opens its bounds to these,
+                             sleep and kill close them to 0..0. Both empty: no scaler.
 
 Every handler answers in the function-URL response shape::
 
     {"statusCode": 200, "headers": {"content-type": "application/json"},
-     "body": "{\\"status\\": \\"ready\\", \\"address\\": \\"203.0.113.7\\"}"}
+     "body": "{\\"status\\": \\"ready\\", \\"address\\": \\"203.0.113.7\\", \\"tasks\\": 1}"}
 
 and on a failure it knows about (a :class:`~fluidity.errors.FluidityError`: bad
 configuration, an AWS call refused) ``statusCode`` 500 with ``{"error": "..."}``.
@@ -32,6 +35,7 @@ from typing import Any
 
 from fluidity.errors import ConfigError, FluidityError
 from fluidity.lifecycle import operations
+from fluidity.lifecycle.scaling import Limits, limits_from_env
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class HandlerSettings:
     service: str
     idle_minutes: float = 15.0
     public_address: str | None = None
+    scaling: Limits | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> HandlerSettings:
@@ -70,22 +75,27 @@ class HandlerSettings:
             service=env["FLUIDITY_SERVICE"],
             idle_minutes=idle,
             public_address=env.get("FLUIDITY_PUBLIC_ADDRESS") or None,
+            scaling=limits_from_env(env.get("FLUIDITY_MIN_TASKS"), env.get("FLUIDITY_MAX_TASKS")),
         )
 
 
 def wake(event: Mapping[str, Any], context: object) -> Response:
-    """Set the desired count to 1 (unless already >= 1) and answer the status."""
-    return _answer("wake", lambda s: operations.wake(_service(s), s.public_address).to_json())
+    """Open the scaler's bounds (if any) and set the desired count to at least 1 (MinTasks
+    with a scaler), never lowering it; answer the status."""
+    return _answer(
+        "wake",
+        lambda s: operations.wake(_service(s), s.public_address, _scaling(s)).to_json(),
+    )
 
 
 def query(event: Mapping[str, Any], context: object) -> Response:
-    """Answer ``stopped``, ``starting`` or ``ready`` with the address."""
+    """Answer ``stopped``, ``starting`` or ``ready`` with the address and the task count."""
     return _answer("query", lambda s: operations.query(_service(s), s.public_address).to_json())
 
 
 def kill(event: Mapping[str, Any], context: object) -> Response:
-    """Set the desired count to 0 now."""
-    return _answer("kill", lambda s: operations.kill(_service(s)).to_json())
+    """Close the scaler's bounds (if any) to 0..0 and set the desired count to 0 now."""
+    return _answer("kill", lambda s: operations.kill(_service(s), _scaling(s)).to_json())
 
 
 def sleep(event: Mapping[str, Any], context: object) -> Response:
@@ -102,6 +112,7 @@ def _sleep(settings: HandlerSettings) -> dict[str, Any]:
         now=time.time(),
         idle_seconds=settings.idle_minutes * 60,
         fixed_address=settings.public_address,
+        scaling=_scaling(settings),
     )
     log.info("sleep: %s: %s", outcome.decision.action.value, outcome.decision.reason)
     return {
@@ -115,6 +126,15 @@ def _service(settings: HandlerSettings) -> operations.ServiceGateway:
     from fluidity.lifecycle import aws
 
     return aws.EcsService(settings.cluster, settings.service)
+
+
+def _scaling(settings: HandlerSettings) -> operations.Scaling | None:
+    if settings.scaling is None:
+        return None
+    from fluidity.lifecycle import aws
+
+    target = aws.EcsScalableTarget(settings.cluster, settings.service)
+    return operations.Scaling(target, settings.scaling)
 
 
 def _answer(name: str, operation: Callable[[HandlerSettings], dict[str, Any]]) -> Response:

@@ -5,6 +5,12 @@ implements them with boto3, tests may implement them with anything. Each operati
 reads the service once, decides with :mod:`fluidity.lifecycle.decisions`, and acts
 at most once, so a retried invocation (Lambda retries, a user pressing twice) is
 harmless: every operation is idempotent.
+
+Behind the load balancer the service also has a scalable target (ECS Service
+Auto Scaling); the operations then move its bounds with the desired count, as
+:mod:`fluidity.lifecycle.scaling` decides, so the scaler and the lifecycle
+never fight: wake opens the bounds to MinTasks..MaxTasks, sleep and kill close
+them to 0..0 first.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from fluidity.lifecycle.decisions import (
     decide_sleep,
     server_status,
 )
+from fluidity.lifecycle.scaling import Change, Limits, stop_change, wake_change
 
 
 class ServiceGateway(Protocol):
@@ -32,6 +39,26 @@ class ServiceGateway(Protocol):
     def set_desired_count(self, count: int) -> None:
         """Ask ECS to run ``count`` tasks."""
         ...
+
+
+class ScalingGateway(Protocol):
+    """The service's scalable target in Application Auto Scaling."""
+
+    def limits(self) -> Limits | None:
+        """The registered minimum and maximum, or ``None`` when there is no target."""
+        ...
+
+    def set_limits(self, limits: Limits) -> None:
+        """Register (or update) the target with these bounds."""
+        ...
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """A scaler to cooperate with: its gateway and the stack's MinTasks and MaxTasks."""
+
+    gateway: ScalingGateway
+    configured: Limits
 
 
 class ActivityGateway(Protocol):
@@ -55,23 +82,39 @@ def query(service: ServiceGateway, fixed_address: str | None = None) -> ServerSt
     return server_status(service.describe(), fixed_address)
 
 
-def wake(service: ServiceGateway, fixed_address: str | None = None) -> ServerStatus:
-    """Make sure at least one task is wanted; never lowers a scaled-out count.
+def wake(
+    service: ServiceGateway, fixed_address: str | None = None, scaling: Scaling | None = None
+) -> ServerStatus:
+    """Make sure at least one task (MinTasks with a scaler) is wanted, and the scaler's
+    bounds are open; never lowers a scaled-out count.
 
     Returns the status seen *after* the change, usually ``starting``.
     """
     view = service.describe()
-    if view.desired_count >= 1:
-        return server_status(view, fixed_address)
-    service.set_desired_count(1)
-    return server_status(ServiceView(1, view.tasks), fixed_address)
+    current = scaling.gateway.limits() if scaling is not None else None
+    change = wake_change(view.desired_count, current, scaling.configured if scaling else None)
+    _apply(change, service, scaling)
+    desired = view.desired_count if change.desired_count is None else change.desired_count
+    return server_status(ServiceView(desired, view.tasks), fixed_address)
 
 
-def kill(service: ServiceGateway) -> ServerStatus:
-    """Scale to zero now, whatever the activity; running tasks get SIGTERM and drain."""
-    if service.describe().desired_count != 0:
-        service.set_desired_count(0)
+def kill(service: ServiceGateway, scaling: Scaling | None = None) -> ServerStatus:
+    """Scale to zero now, whatever the activity; running tasks get SIGTERM and drain.
+
+    With a scaler its bounds close to 0..0 first, so it cannot start a task again.
+    """
+    view = service.describe()
+    current = scaling.gateway.limits() if scaling is not None else None
+    _apply(stop_change(view.desired_count, current), service, scaling)
     return ServerStatus(Status.STOPPED)
+
+
+def _apply(change: Change, service: ServiceGateway, scaling: Scaling | None) -> None:
+    """Bounds first, then the count: the order that never lets the scaler step in."""
+    if change.limits is not None and scaling is not None:
+        scaling.gateway.set_limits(change.limits)
+    if change.desired_count is not None:
+        service.set_desired_count(change.desired_count)
 
 
 def sleep(
@@ -81,6 +124,7 @@ def sleep(
     now: float,
     idle_seconds: float,
     fixed_address: str | None = None,
+    scaling: Scaling | None = None,
 ) -> SleepOutcome:
     """Scale to zero if the servers reported no activity for ``idle_seconds``.
 
@@ -100,6 +144,7 @@ def sleep(
         idle_seconds=idle_seconds,
     )
     if decision.scales_down:
-        service.set_desired_count(0)
+        current = scaling.gateway.limits() if scaling is not None else None
+        _apply(stop_change(view.desired_count, current), service, scaling)
         return SleepOutcome(decision, ServerStatus(Status.STOPPED))
     return SleepOutcome(decision, server_status(view, fixed_address))

@@ -43,6 +43,7 @@ from fluidity.protocol.tunnel import Side
 from fluidity.server.connection import ServerConnection, close_revoked
 from fluidity.server.console import ServerConsole
 from fluidity.server.dialer import Dialer, DialSettings
+from fluidity.server.rebalance import Rebalancer
 from fluidity.server.reload import ReloadableContext
 from fluidity.server.streams import StreamService
 from fluidity.transport.connection import TunnelConnection
@@ -113,6 +114,9 @@ class Server:
         self.metrics.watch(self._snapshot)
         self.started = time.time()
         self.console = ServerConsole(self)  # the dashboard at / of metrics: (server.console)
+        self.rebalancer: Rebalancer | None = None
+        if config.rebalance.enabled:
+            self.rebalancer = Rebalancer(config.rebalance, self._connections.copy)
         self.metrics_server = (
             MetricsServer(self.metrics, config.metrics, dashboard=self.console.view)
             if config.metrics is not None
@@ -152,6 +156,8 @@ class Server:
                 self.tls.watch(self.config.tls.reload_interval), name="tls-reload-watch"
             )
         self._started = True
+        if self.rebalancer is not None:
+            self.rebalancer.start()
         if self.config.cloudwatch is not None:
             publisher = MetricsPublisher(self.config.cloudwatch)
             self._publisher = loop.create_task(publisher.run(self.activity), name="cloudwatch")
@@ -217,6 +223,8 @@ class Server:
         self._draining = True
         if self._publisher is not None:
             self._publisher.cancel()
+        if self.rebalancer is not None:
+            self.rebalancer.close()
         self.acceptor.close()
         if self._websocket_listener is not None:
             self._websocket_listener.close()
