@@ -99,11 +99,7 @@ class PolicyReloader:
         self._signature = file_signature(self._paths)
         try:
             fresh = self._source.load()
-            # Built before anything changes: a bad entry leaves the old policy whole.
-            policy = TargetPolicy.from_config(
-                fresh.targets.allow, fresh.targets.deny, fresh.targets.ports
-            )
-            clients = IdentityAllowList.from_config(fresh.clients.allow)
+            policy, clients = self._build(fresh)
         except ConfigError as exc:
             self.failures += 1
             log.error("config reload (%s) failed, still using the previous config: %s", reason, exc)
@@ -120,6 +116,18 @@ class PolicyReloader:
             f"changed {', '.join(changed)}" if changed else "no policy change",
         )
         return True
+
+    def _build(self, fresh: ServerConfig) -> tuple[TargetPolicy, IdentityAllowList]:
+        """The new policy and allow-list, built before anything changes: a bad entry
+        leaves the old ones whole. ConfigError names the file and the entry."""
+        try:
+            policy = TargetPolicy.from_config(
+                fresh.targets.allow, fresh.targets.deny, fresh.targets.ports
+            )
+            return policy, IdentityAllowList.from_config(fresh.clients.allow)
+        except ConfigError as exc:
+            where = self._source.path or "the config"
+            raise ConfigError(f"{where}: {exc}") from exc
 
     def poll(self) -> bool:
         """Reload if the config file changed since the last (attempted) load."""
