@@ -7,7 +7,8 @@ and command-line overrides, and apply what can change under live tunnels:
 * ``targets`` (allow, deny, ports): the dialer judges new streams by the new
   lists at once. Open streams keep running, unless the new config says
   ``targets.apply_to_open: true``: then each open stream whose target the
-  new lists refuse is reset, and only those.
+  new lists refuse is reset, and only those. (A dial under way at the reload
+  was judged by the lists it started with; it is not judged again.)
 * ``clients.allow``: new tunnels are admitted by the new list, and a live
   tunnel whose client the new list no longer admits is closed, as a revoked
   certificate's is (removing a name is how an operator cuts a client off).
