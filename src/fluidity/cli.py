@@ -218,15 +218,17 @@ def _overrides(args: argparse.Namespace, *names: str) -> dict[str, object]:
 def _cmd_server(args: argparse.Namespace) -> int:
     from fluidity import runtime
     from fluidity.config.server import load_server_config
+    from fluidity.server.policyreload import ConfigFile
     from fluidity.server.server import Server
 
-    config = load_server_config(
-        args.config, overrides=_overrides(args, "listen", "log_level", "log_format")
-    )
+    overrides = _overrides(args, "listen", "log_level", "log_format")
+    config = load_server_config(args.config, overrides=overrides)
     logs.setup_logging(config.log_level, config.log_format)
+    # A reload reads the same layers again: the file, the environment, these flags.
+    source = ConfigFile(args.config, lambda: load_server_config(args.config, overrides=overrides))
 
     async def main(stop: asyncio.Event) -> int:
-        server = Server(config)
+        server = Server(config, source)
         await server.start()
         stop_reloading = runtime.on_reload_signal(lambda: server.reload("SIGHUP"))
         try:
@@ -241,18 +243,24 @@ def _cmd_server(args: argparse.Namespace) -> int:
 def _cmd_agent(args: argparse.Namespace) -> int:
     from fluidity import runtime
     from fluidity.agent import Agent
+    from fluidity.agent.reload import reload_agent
     from fluidity.config.agent import load_agent_config
 
-    config = load_agent_config(
-        args.config,
-        overrides=_overrides(args, "listen", "server", "transport", "log_level", "log_format"),
-    )
+    overrides = _overrides(args, "listen", "server", "transport", "log_level", "log_format")
+    config = load_agent_config(args.config, overrides=overrides)
     logs.setup_logging(config.log_level, config.log_format)
 
     async def main(stop: asyncio.Event) -> int:
         agent = Agent(config)
         await agent.start()
-        await agent.serve(stop)
+        # SIGHUP reads the same layers again: the file, the environment, these flags.
+        stop_reloading = runtime.on_reload_signal(
+            lambda: reload_agent(agent, lambda: load_agent_config(args.config, overrides=overrides))
+        )
+        try:
+            await agent.serve(stop)
+        finally:
+            stop_reloading()
         return 0
 
     return runtime.run(main)

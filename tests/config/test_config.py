@@ -452,7 +452,8 @@ def test_overrides_take_typed_values_text_or_none(conf: Path) -> None:
 
 def test_an_unknown_override_is_named(conf: Path) -> None:
     message = config_error(load_agent_config, agent_file(conf), overrides={"tls.certt": "x"})
-    assert message == "command line: tls.certt: unknown key; expected one of: ca, cert, key"
+    expected = "ca, cert, key, expiry_warning_days"
+    assert message == f"command line: tls.certt: unknown key; expected one of: {expected}"
 
 
 # -- secrets, immutability, construction in code ---------------------------------------------

@@ -229,12 +229,13 @@ def test_every_metric_is_documented_in_the_readme_and_the_guide() -> None:
     agent, server = Metrics("agent"), Metrics("server")
     agent.watch(lambda: snapshot(tunnel_state="connected", client_connections=0))
     server.watch(lambda: snapshot(circuits={}))
+    agent.watch_expiry(lambda: {"client": 86400.0})
     names = {
         family.name + ("_total" if family.type == "counter" else "")
         for metrics in (agent, server)
         for family in metrics.registry.collect()
     }
-    assert len(names) == 14, sorted(names)
+    assert len(names) == 15, sorted(names)
     for name in sorted(names):
         assert f"`{name}" in readme, f"{name} is not in README.md"
         assert f"`{name}`" in guide, f"{name} is not in docs/observability.md"

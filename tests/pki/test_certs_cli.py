@@ -97,15 +97,17 @@ def test_list_prints_an_aligned_table_with_revoked_marks(
         "(UTC)",
         "STATUS",
     ]
-    rows = {line.split()[0]: line for line in lines[1:]}
+    *table, crl = lines[1:]
+    rows = {line.split()[0]: line for line in table}
     assert sorted(rows) == ["alice", "bob", "ca", "server"]
+    assert crl.startswith("crl.pem: next update ") and crl.endswith("ok")
     assert rows["bob"].endswith("REVOKED")
     assert rows["alice"].endswith("ok")
     serial = format(load_cert(ca_dir / "bob.crt").serial_number, "x")
     assert serial in rows["bob"]
     for column in ("KIND", "SERIAL", "STATUS"):
         start = lines[0].index(column)
-        assert {line[start - 2 : start] for line in lines[1:]} == {"  "}
+        assert {line[start - 2 : start] for line in table} == {"  "}
 
 
 def test_the_table_marks_expired_certificates(ca_dir: Path) -> None:
@@ -120,6 +122,29 @@ def test_the_table_marks_expired_certificates(ca_dir: Path) -> None:
     revocation.revoke(ca_dir, "alice")
     table = certs_cli.format_table(inventory.list_certificates(ca_dir), now=later)
     assert "REVOKED EXPIRED" in table
+
+
+def test_the_table_marks_what_expires_soon_and_the_crl_line_too(
+    ca_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs.issue_client(ca_dir, "brief", days=10)
+    certs.issue_client(ca_dir, "lasting", days=100)
+    assert run("list", "--dir", str(ca_dir)) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in out[1:-1]}
+    assert rows["brief"].endswith("EXPIRES SOON") and rows["lasting"].endswith("ok")
+    assert out[-1] == "crl.pem: none (fluidity certs crl creates one)"
+
+    crl = revocation.refresh_crl(ca_dir)  # valid 30 days
+    assert run("list", "--dir", str(ca_dir), "--warn-days", "31") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert {line.split()[0]: line for line in out[1:-1]}["lasting"].endswith("ok")
+    assert out[-1].endswith("EXPIRES SOON: run fluidity certs crl"), out[-1]
+    next_update = x509.load_pem_x509_crl(crl.read_bytes()).next_update_utc
+    assert next_update is not None
+    later = next_update + dt.timedelta(minutes=1)
+    line = certs_cli.format_crl_line(next_update, later, dt.timedelta(days=14))
+    assert "EXPIRED: servers checking it refuse every client" in line
 
 
 def test_list_of_an_empty_directory_says_so(

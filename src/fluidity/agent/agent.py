@@ -10,7 +10,6 @@ PAC file at ``/proxy.pac``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import json
 import logging
@@ -24,11 +23,12 @@ from fluidity.agent.client import ClientConnection
 from fluidity.agent.console import AgentConsole
 from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
-from fluidity.agent.path import open_path
+from fluidity.agent.path import Streams, open_path
 from fluidity.agent.routes import WebSocketSettings
 from fluidity.config.agent import AgentConfig
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
+from fluidity.observe.expiry import DAY, ExpiryWatch
 from fluidity.observe.metrics import Metrics, Snapshot
 from fluidity.observe.metricsserver import MetricsServer
 from fluidity.protocol.dispatch import FirstByteSession, SocksRelay
@@ -51,7 +51,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.credentials = _credentials(config)
+        self.credentials = proxy_credentials(config)
         self.routing = config.routing
         if config.upstream_proxy is not None:
             config.upstream_proxy.credentials()  # a missing password_env stops the start
@@ -60,6 +60,10 @@ class Agent:
         self.metrics_server = (
             MetricsServer(self.metrics, config.metrics) if config.metrics is not None else None
         )
+        self.expiry = ExpiryWatch(
+            lambda: (("client", config.tls.cert),), config.tls.expiry_warning_days * DAY
+        )
+        self.metrics.watch_expiry(self.expiry.seconds_left)
         context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
         websocket = None
         if config.transport != "direct":
@@ -80,7 +84,7 @@ class Agent:
             connect_wait=config.connect_wait,
             stream_idle_timeout=config.stream_idle_timeout,
             backoff=Backoff(config.reconnect.initial, config.reconnect.max),
-            connector=functools.partial(open_path, config.upstream_proxy),
+            connector=self._open_path,
             metrics=self.metrics,
             ca_pem=config.tls.ca.read_bytes(),
             transport=config.transport,
@@ -99,6 +103,7 @@ class Agent:
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
         self._keeper_task: asyncio.Task[None] | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start keeping the tunnel and listening; ``address`` holds the bound address.
@@ -141,6 +146,8 @@ class Agent:
         )
         self._keeper_task = loop.create_task(self.keeper.run(), name="tunnel-keeper")
         self.console.start()
+        self.expiry.refresh_and_check()
+        self._expiry_task = loop.create_task(self.expiry.run(), name="expiry-check")
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain."""
@@ -172,9 +179,10 @@ class Agent:
         for client in list(self.clients):
             client.close()
         await self.console.close()
-        if self._keeper_task is not None:
-            self._keeper_task.cancel()
-            await asyncio.gather(self._keeper_task, return_exceptions=True)
+        tasks = [task for task in (self._keeper_task, self._expiry_task) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._tunnel_closed()
         await self._kill_cloud_server()
         if self._listener is not None:
@@ -275,6 +283,10 @@ class Agent:
             client_connections=len(self.clients),
         )
 
+    async def _open_path(self, host: str, port: int, *, timeout: float) -> Streams:  # noqa: ASYNC109
+        """The tunnel's way out, through the ``upstream_proxy`` in force (a reload changes it)."""
+        return await open_path(self.config.upstream_proxy, host, port, timeout=timeout)
+
     async def open_direct(self, host: str, port: int, handler: StreamHandler) -> DirectStream:
         """A connection to a ``direct:`` host reporting to ``handler``, through the
         corporate proxy if one is set; ``handshake_timeout`` bounds it. Raises PathError."""
@@ -365,7 +377,7 @@ def _metrics_url(server: MetricsServer | None) -> str | None:
     return f"http://{server.address[0]}:{server.address[1]}/metrics"
 
 
-def _credentials(config: AgentConfig) -> tuple[str, str] | None:
+def proxy_credentials(config: AgentConfig) -> tuple[str, str] | None:
     """Proxy credentials; required when the listener is reachable from other machines."""
     if config.auth is not None:
         return config.auth.username, config.auth.resolve_password()

@@ -43,6 +43,9 @@ class AgentTLS(Section):
     ca: FileOrPem
     cert: FileOrPem
     key: FileOrPem
+    # Days before the client certificate ends from which the agent warns in its log
+    # (the fluidity_certificate_expiry_seconds gauge is always there). 0: never.
+    expiry_warning_days: float = field(default=14.0, metadata={"non_negative": True})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -197,3 +197,14 @@ def leaves(tp: Any) -> Iterator[Any]:
 def is_scalar(raw: object) -> bool:
     """Whether raw value ``raw`` is a number or a boolean (YAML wrote it unquoted)."""
     return isinstance(raw, int | float | bool)
+
+
+def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs, sections walked into
+    (``tls.cert``, ``limits.max_tunnels``); values are never included (they may be secrets)."""
+    if not (isinstance(old, Section) and isinstance(new, Section)) or type(old) is not type(new):
+        return [prefix.rstrip(".") or "config"] if old != new else []
+    found: list[str] = []
+    for f in dataclasses.fields(cast(Any, old)):
+        found += changed_keys(getattr(old, f.name), getattr(new, f.name), f"{prefix}{f.name}.")
+    return found

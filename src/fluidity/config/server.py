@@ -52,6 +52,9 @@ class ServerTLS(Section):
     # Seconds between checks of the files' modification times and sizes; a change
     # reloads them for new connections (SIGHUP does it at once). 0: SIGHUP only.
     reload_interval: float = field(default=5.0, metadata={"non_negative": True})
+    # Days before the certificate, the CA or the CRL ends from which the server warns
+    # (in its log; the fluidity_certificate_expiry_seconds gauge is always there). 0: never.
+    expiry_warning_days: float = field(default=14.0, metadata={"non_negative": True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +64,9 @@ class TargetsConfig(Section):
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     ports: tuple[int, ...] = field(default=(), metadata=_PORT)
+    # On a reload: true ends the open streams the new lists refuse; false (the
+    # default) applies them to new streams only.
+    apply_to_open: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -157,6 +157,11 @@ class Metrics:
         """Read live state from ``source`` at every scrape (register once)."""
         self.registry.register(_SnapshotCollector(source))
 
+    def watch_expiry(self, source: Callable[[], Mapping[str, float]]) -> None:
+        """Expose ``fluidity_certificate_expiry_seconds{kind}`` from ``source`` (seconds
+        left per kind: server, ca, crl, client) at every scrape (register once)."""
+        self.registry.register(_ExpiryCollector(source))
+
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The current metrics and their content type, in the format ``accept`` prefers."""
         encode, content_type = choose_encoder(accept)
@@ -231,6 +236,24 @@ class _SnapshotCollector:
             for name in ("open", "half-open"):
                 circuits.add_metric([name], snap.circuits.get(name, 0))
             yield circuits
+
+
+class _ExpiryCollector:
+    """``fluidity_certificate_expiry_seconds``, read at scrape time."""
+
+    def __init__(self, source: Callable[[], Mapping[str, float]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "fluidity_certificate_expiry_seconds",
+            "Seconds until a certificate or the CRL expires (negative: expired), by kind "
+            "(server, ca, crl, client).",
+            labels=["kind"],
+        )
+        for kind, seconds in sorted(self._source().items()):
+            family.add_metric([kind], seconds)
+        yield family
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

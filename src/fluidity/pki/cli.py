@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 DIR_ENV = "FLUIDITY_CERTS_DIR"
 EXIT_OK = 0
 EXIT_ERROR = 2
+WARN_DAYS = 14  # as the agent's and server's tls.expiry_warning_days
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -59,14 +60,24 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_days(client)
     _add_force(client, "replace an existing NAME.crt/NAME.key")
 
-    _command(commands, "list", _run_list, "list certificates with expiry and revocation")
+    listing = _command(commands, "list", _run_list, "list certificates with expiry and revocation")
+    listing.add_argument(
+        "--warn-days",
+        type=int,
+        default=WARN_DAYS,
+        metavar="N",
+        help=f"mark what ends within N days EXPIRES SOON (default: {WARN_DAYS})",
+    )
     revoke = _command(commands, "revoke", _run_revoke, "revoke a certificate (adds it to crl.pem)")
     _add_name(revoke)
     _command(commands, "crl", _run_crl, "re-sign crl.pem for 30 more days (empty if none)")
 
 
-def format_table(infos: Sequence[CertInfo], now: dt.datetime) -> str:
-    """Render ``infos`` as an aligned table, marking REVOKED and EXPIRED (as of ``now``)."""
+def format_table(
+    infos: Sequence[CertInfo], now: dt.datetime, soon: dt.timedelta = dt.timedelta(0)
+) -> str:
+    """Render ``infos`` as an aligned table, marking REVOKED, EXPIRED and EXPIRES SOON
+    (ending within ``soon`` of ``now``)."""
     header = ("NAME", "SUBJECT", "KIND", "SERIAL", "NOT AFTER (UTC)", "STATUS")
     rows = [header] + [
         (
@@ -75,7 +86,7 @@ def format_table(infos: Sequence[CertInfo], now: dt.datetime) -> str:
             info.kind,
             info.serial,
             info.not_after.strftime("%Y-%m-%d %H:%M"),
-            _status(info, now),
+            _status(info, now, soon),
         )
         for info in infos
     ]
@@ -84,9 +95,28 @@ def format_table(infos: Sequence[CertInfo], now: dt.datetime) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _status(info: CertInfo, now: dt.datetime) -> str:
-    marks = [mark for mark, on in (("REVOKED", info.revoked), ("EXPIRED", info.expired(now))) if on]
+def _status(info: CertInfo, now: dt.datetime, soon: dt.timedelta) -> str:
+    checks = (
+        ("REVOKED", info.revoked),
+        ("EXPIRED", info.expired(now)),
+        ("EXPIRES SOON", info.expires_soon(soon, now)),
+    )
+    marks = [mark for mark, on in checks if on]
     return " ".join(marks) if marks else "ok"
+
+
+def format_crl_line(next_update: dt.datetime | None, now: dt.datetime, soon: dt.timedelta) -> str:
+    """The CRL's line under the table: its next update, marked like a certificate."""
+    if next_update is None:
+        return "crl.pem: none (fluidity certs crl creates one)"
+    when = next_update.strftime("%Y-%m-%d %H:%M")
+    if now > next_update:
+        mark = "EXPIRED: servers checking it refuse every client; run fluidity certs crl"
+    elif next_update - now <= soon:
+        mark = "EXPIRES SOON: run fluidity certs crl"
+    else:
+        mark = "ok"
+    return f"crl.pem: next update {when} (UTC)  {mark}"
 
 
 # --- handlers -----------------------------------------------------------------
@@ -121,13 +151,15 @@ def _run_client(args: argparse.Namespace) -> int:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from fluidity.pki.inventory import list_certificates
+    from fluidity.pki.inventory import crl_next_update, list_certificates
 
     infos = list_certificates(args.dir)
+    now, soon = dt.datetime.now(dt.UTC), dt.timedelta(days=args.warn_days)
     if not infos:
         print(f"no certificates in {args.dir}")
-    else:
-        print(format_table(infos, dt.datetime.now(dt.UTC)))
+        return EXIT_OK
+    print(format_table(infos, now, soon))
+    print(format_crl_line(crl_next_update(args.dir), now, soon))
     return EXIT_OK
 
 

@@ -37,6 +37,11 @@ class CertInfo:
         """True once ``now`` (default: the current UTC time) is past ``not_after``."""
         return (now or utc_now()) > self.not_after
 
+    def expires_soon(self, within: dt.timedelta, now: dt.datetime | None = None) -> bool:
+        """True while not yet expired but ending within ``within`` of ``now``."""
+        now = now or utc_now()
+        return not self.expired(now) and self.not_after - now <= within
+
 
 def list_certificates(directory: Path) -> list[CertInfo]:
     """Describe every ``*.crt`` in ``directory``, sorted by file name.
@@ -62,6 +67,13 @@ def list_certificates(directory: Path) -> list[CertInfo]:
             )
         )
     return infos
+
+
+def crl_next_update(directory: Path) -> dt.datetime | None:
+    """When ``crl.pem`` in ``directory`` must be renewed (its nextUpdate, UTC); None
+    without a CRL, or for one that names no next update."""
+    crl = load_crl(directory)
+    return crl.next_update_utc if crl is not None else None
 
 
 def _kind_of(cert: x509.Certificate) -> Kind:

@@ -79,6 +79,14 @@ class Dialer:
         self._resolver = resolver or system_resolve
         self._opener = opener or tcp_open
 
+    def update(self, policy: TargetPolicy, settings: DialSettings) -> None:
+        """Use ``policy`` and ``settings`` from the next dial on (a config reload); the
+        remembered verdicts of the old policy are dropped."""
+        self.policy = policy
+        self.settings = settings
+        self._verdicts.clear()
+        self._filtered.clear()
+
     async def dial(
         self, authority: str, factory: ProtocolFactory
     ) -> tuple[asyncio.Transport, asyncio.Protocol]:

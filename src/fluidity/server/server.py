@@ -34,6 +34,7 @@ from fluidity.config.server import ServerConfig
 from fluidity.config.values import Address
 from fluidity.errors import ConfigError, HandshakeError, TunnelError
 from fluidity.lifecycle.cloudwatch import MetricsPublisher
+from fluidity.observe.expiry import DAY, ExpiryWatch, Sources
 from fluidity.observe.metrics import Metrics, Snapshot
 from fluidity.observe.metricsserver import MetricsServer
 from fluidity.protocol.identity import IdentityAllowList
@@ -43,6 +44,7 @@ from fluidity.protocol.tunnel import Side
 from fluidity.server.connection import ServerConnection, close_revoked
 from fluidity.server.console import ServerConsole
 from fluidity.server.dialer import Dialer, DialSettings
+from fluidity.server.policyreload import ConfigFile, PolicyReloader
 from fluidity.server.rebalance import Rebalancer
 from fluidity.server.reload import ReloadableContext
 from fluidity.server.streams import StreamService
@@ -66,7 +68,8 @@ class Activity:
 class Server:
     """Accepts agents, serves their CONNECT streams, drains on shutdown."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, config_file: ConfigFile | None = None) -> None:
+        """``config_file``: where ``reload`` reads the config again (None: TLS files only)."""
         self.config = config
         # Every context (the main port's, the inner one of the WebSocket transport,
         # the public one of websocket.cert) is rebuilt together on reload, so the
@@ -74,7 +77,7 @@ class Server:
         self.tls: ReloadableContext[ServerContexts] = ReloadableContext(
             lambda: server_contexts(config),
             _watched_paths(config),
-            on_reloaded=self._close_revoked,
+            on_reloaded=self._tls_reloaded,
         )
         self.clients = IdentityAllowList.from_config(config.clients.allow)
         policy = TargetPolicy.from_config(
@@ -117,6 +120,10 @@ class Server:
         self.rebalancer: Rebalancer | None = None
         if config.rebalance.enabled:
             self.rebalancer = Rebalancer(config.rebalance, self._connections.copy)
+        self.expiry = ExpiryWatch(lambda: _expiring(config), config.tls.expiry_warning_days * DAY)
+        self.metrics.watch_expiry(self.expiry.seconds_left)
+        self.policy = PolicyReloader(self, config_file) if config_file is not None else None
+        self._upkeep: list[asyncio.Task[None]] = []
         self.metrics_server = (
             MetricsServer(self.metrics, config.metrics, dashboard=self.console.view)
             if config.metrics is not None
@@ -135,8 +142,14 @@ class Server:
 
     def reload(self, reason: str = "SIGHUP") -> bool:
         """Reload certificate, key, CA and CRL (and ``websocket.cert``/``key``) for new
-        connections on every path; False keeps the old ones."""
-        return self.tls.reload(reason)
+        connections on every path, then the policy from the config file (see
+        ``fluidity.server.policyreload``); False if either kept its old state."""
+        tls = self.tls.reload(reason)
+        return (self.policy.reload(reason) if self.policy is not None else True) and tls
+
+    def live_connections(self) -> list[ServerConnection]:
+        """The tunnel connections admitted and not yet closed."""
+        return list(self._connections)
 
     async def start(self) -> None:
         """Bind the listener; ``address`` then holds the bound host and port."""
@@ -155,6 +168,7 @@ class Server:
             self._watcher = loop.create_task(
                 self.tls.watch(self.config.tls.reload_interval), name="tls-reload-watch"
             )
+        self._start_upkeep(loop)
         self._started = True
         if self.rebalancer is not None:
             self.rebalancer.start()
@@ -170,6 +184,14 @@ class Server:
         )
         if self.config.websocket.listen is not None:
             await self._start_websocket_listener(self.config.websocket.listen)
+
+    def _start_upkeep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Expiry warnings now and every few hours; the config file's watcher."""
+        self.expiry.refresh_and_check()
+        self._upkeep.append(loop.create_task(self.expiry.run(), name="expiry-check"))
+        interval = self.config.tls.reload_interval
+        if self.policy is not None and interval > 0:
+            self._upkeep.append(loop.create_task(self.policy.watch(interval), name="config-watch"))
 
     async def _start_websocket_listener(self, listen: Address) -> None:
         """The ``websocket.listen`` listener: the WebSocket transport alone, over TLS with
@@ -230,6 +252,8 @@ class Server:
             self._websocket_listener.close()
         if self._watcher is not None:
             self._watcher.cancel()
+        for task in self._upkeep:
+            task.cancel()
         for conn in list(self._connections):
             conn.refuse_new_streams()
         log.info("draining: %d streams open, waiting up to %.0f s", self._open_streams(), timeout)
@@ -249,6 +273,7 @@ class Server:
         await asyncio.gather(
             *(conn.finish("server shutting down") for conn in list(self._connections))
         )
+        await asyncio.gather(*self._upkeep, return_exceptions=True)
         await self.acceptor.wait_closed()
         if self._websocket_listener is not None:
             await self._websocket_listener.wait_closed()
@@ -294,12 +319,13 @@ class Server:
             circuits=circuits,
         )
 
-    def _close_revoked(self) -> None:
-        """After a reload: end the live tunnels whose client certificate the CRL now lists."""
+    def _tls_reloaded(self) -> None:
+        """After a TLS reload: end the live tunnels whose client certificate the CRL now
+        lists, and check the new files' expiry dates."""
         crl = self.config.tls.crl
-        if crl is None or not self._connections:
-            return
-        close_revoked(self._connections, crl)
+        if crl is not None and self._connections:
+            close_revoked(self._connections, crl)
+        self.expiry.refresh_and_check()
 
     def _make_handoff(self) -> Handoff:
         make_link = self._make_link if self.config.websocket.enabled else None
@@ -363,6 +389,12 @@ def _watched_paths(config: ServerConfig) -> list[Path]:
     tls, ws = config.tls, config.websocket
     sources = (tls.ca, tls.cert, tls.key, tls.crl, ws.cert, ws.key)
     return [source.path for source in sources if source and source.path]
+
+
+def _expiring(config: ServerConfig) -> Sources:
+    """What the expiry warnings watch: the certificate, the CA and the CRL."""
+    tls = config.tls
+    return (("server", tls.cert), ("ca", tls.ca), ("crl", tls.crl))
 
 
 def _cannot_listen(key: str, address: Address, exc: OSError) -> ConfigError:

@@ -33,7 +33,9 @@ class StreamService:
         self.metrics = metrics
         self.requested = 0  # CONNECT streams the agents asked for, served or not
         self.dials: set[asyncio.Task[None]] = set()
-        self.splices: set[Splice] = set()
+        # Each live splice with the authority its stream asked for: a policy reload
+        # with targets.apply_to_open judges them again.
+        self.splices: dict[Splice, str] = {}
 
     def on_stream_request(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
         """Start serving ``authority`` on ``conn``'s stream ``stream_id`` (a task)."""
@@ -49,8 +51,11 @@ class StreamService:
         for splice in list(self.splices):
             splice.close()
 
+    def _forget(self, splice: Splice) -> None:
+        self.splices.pop(splice, None)
+
     async def _serve(self, conn: TunnelConnection, stream_id: int, authority: str) -> None:
-        splice = Splice(on_close=self.splices.discard)
+        splice = Splice(on_close=self._forget)
         started = time.monotonic()
         try:
             transport, _ = await self.dialer.dial(authority, lambda: splice)
@@ -65,7 +70,7 @@ class StreamService:
         except StreamError:
             transport.abort()  # the agent gave up while we dialled
             return
-        self.splices.add(splice)
+        self.splices[splice] = authority
         splice.attach(stream)
         self.metrics.stream_opened("connect", time.monotonic() - started, authority)
         log.debug("%s: CONNECT %s -> 200", conn.peer_name, authority)
