@@ -319,7 +319,10 @@ def test_a_request_to_another_target_closes_the_upstream_and_opens_a_new_one() -
     session.receive_upstream(OK)
     session.events()
     session.receive_client(b"GET http://other.example/ HTTP/1.1\r\nHost: other.example\r\n\r\n")
-    assert session.events() == [CloseUpstream(orderly=True), OpenUpstream("other.example", 80, "forward")]
+    assert session.events() == [
+        CloseUpstream(orderly=True),
+        OpenUpstream("other.example", 80, "forward"),
+    ]
 
 
 def test_pipelined_requests_in_one_chunk_are_served_in_turn() -> None:

@@ -2,7 +2,7 @@
 
 The keeper connects at start, and whenever the connection is lost -- server
 restart, network reset, a middlebox killing an idle connection, a laptop
-waking from sleep (caught by the keepalive PING) -- it reconnects with
+waking from sleep (a jump of the clocks, or the keepalive PING) -- it reconnects with
 exponential backoff and full jitter, logging each attempt and its reason.
 
 Each attempt is a :class:`fluidity.agent.dialer.TunnelDialer` dial: the TCP
