@@ -45,6 +45,9 @@ class Holder:
     def stream_reset(self, reason: str) -> None:
         self._note(f"reset: {reason}")
 
+    def stream_finished(self) -> None:
+        self._note("finished")
+
     def stream_drained(self) -> None:
         self._note("drained")
 

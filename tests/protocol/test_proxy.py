@@ -259,7 +259,7 @@ def test_a_close_delimited_response_ends_at_upstream_eof_and_closes_the_client()
     session.receive_upstream(b"until close")
     assert client_bytes(session.events()) == b"HTTP/1.1 200 OK\r\n\r\nstreamed until close"
     session.receive_upstream(b"")
-    assert session.events() == [CloseUpstream(), CloseClient()]
+    assert session.events() == [CloseUpstream(orderly=True), CloseClient()]
 
 
 def test_the_response_may_start_before_the_request_body_ends() -> None:
@@ -294,7 +294,7 @@ def test_bytes_the_origin_sends_beyond_the_response_are_dropped_and_spoil_the_up
     session = ClientSession()
     opened(session, GET)
     session.receive_upstream(OK + b"junk")
-    assert session.events() == [SendClient(OK), CloseUpstream()]
+    assert session.events() == [SendClient(OK), CloseUpstream(orderly=True)]
     session.receive_client(GET)
     assert session.events() == [OpenUpstream("example.com", 80, "forward")]
 
@@ -319,7 +319,10 @@ def test_a_request_to_another_target_closes_the_upstream_and_opens_a_new_one() -
     session.receive_upstream(OK)
     session.events()
     session.receive_client(b"GET http://other.example/ HTTP/1.1\r\nHost: other.example\r\n\r\n")
-    assert session.events() == [CloseUpstream(), OpenUpstream("other.example", 80, "forward")]
+    assert session.events() == [
+        CloseUpstream(orderly=True),
+        OpenUpstream("other.example", 80, "forward"),
+    ]
 
 
 def test_pipelined_requests_in_one_chunk_are_served_in_turn() -> None:
@@ -345,7 +348,7 @@ def test_an_http_1_0_client_gets_its_answer_then_the_connection_closes() -> None
     events = opened(session, b"GET http://example.com/old HTTP/1.0\r\nUser-Agent: old\r\n\r\n")
     assert upstream_bytes(events) == b"GET /old HTTP/1.0\r\nUser-Agent: old\r\n\r\n"
     session.receive_upstream(OK)
-    assert session.events() == [SendClient(OK), CloseUpstream(), CloseClient()]
+    assert session.events() == [SendClient(OK), CloseUpstream(orderly=True), CloseClient()]
 
 
 def test_connection_close_from_the_client_closes_after_the_response() -> None:
@@ -355,7 +358,7 @@ def test_connection_close_from_the_client_closes_after_the_response() -> None:
         b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
     )
     session.receive_upstream(OK)
-    assert session.events() == [SendClient(OK), CloseUpstream(), CloseClient()]
+    assert session.events() == [SendClient(OK), CloseUpstream(orderly=True), CloseClient()]
 
 
 def test_connection_close_from_the_origin_closes_the_client_after_the_response() -> None:
@@ -363,7 +366,7 @@ def test_connection_close_from_the_origin_closes_the_client_after_the_response()
     opened(session, GET)
     response = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
     session.receive_upstream(response)
-    assert session.events() == [SendClient(response), CloseUpstream(), CloseClient()]
+    assert session.events() == [SendClient(response), CloseUpstream(orderly=True), CloseClient()]
 
 
 def test_a_clean_client_close_between_requests_closes_quietly() -> None:
@@ -371,7 +374,7 @@ def test_a_clean_client_close_between_requests_closes_quietly() -> None:
     opened(session, GET)
     session.receive_upstream(OK)
     session.receive_client(b"")
-    assert session.events() == [SendClient(OK), CloseUpstream(), CloseClient()]
+    assert session.events() == [SendClient(OK), CloseUpstream(orderly=True), CloseClient()]
 
 
 # -- upgrades ----------------------------------------------------------------------------------

@@ -248,7 +248,7 @@ def test_an_idle_kept_alive_upstream_that_closes_is_let_go() -> None:
     session.receive_upstream(OK)
     session.events()
     session.receive_upstream(b"")
-    assert session.events() == [CloseUpstream()]
+    assert session.events() == [CloseUpstream(orderly=True)]
     session.receive_client(GET)
     assert session.events() == [OpenUpstream("example.com", 80, "forward")]
 
@@ -378,7 +378,7 @@ def test_an_idle_kept_alive_connection_is_closed_quietly_at_the_head_timeout() -
     session.events()
     assert session.state is State.IDLE
     session.head_timed_out()
-    assert session.events() == [CloseUpstream(), CloseClient()]
+    assert session.events() == [CloseUpstream(orderly=True), CloseClient()]
     assert session.state is State.CLOSED
 
 

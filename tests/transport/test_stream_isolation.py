@@ -37,6 +37,9 @@ class FailingHandler:
     def stream_reset(self, reason: str) -> None:
         self.reset_reason = reason
 
+    def stream_finished(self) -> None:
+        self.reset_reason = "finished"
+
     def stream_drained(self) -> None:
         pass
 

@@ -21,6 +21,11 @@ request sent in full is replayed once on the next tunnel when the whole tunnel
 died; one that breaks later resets the client connection (TCP RST), so a
 close-delimited body or a CONNECT stream cannot pass for complete.
 
+An upstream is dropped the way its target should see it end: one whose
+exchanges were all complete (the client left its kept-alive connection
+between requests) is finished, and the target sees an orderly close (FIN);
+one in the middle of something is aborted, and the target sees a reset.
+
 ``head_timeout`` bounds every wait for a request head (or a SOCKS5
 handshake): the first, and each next one on a kept-alive connection, which is
 closed once idle that long.
@@ -72,6 +77,8 @@ class Upstream(Protocol):
     def acknowledge(self, size: int) -> None: ...
 
     def abort(self) -> None: ...
+
+    def finish(self) -> None: ...
 
     @property
     def tunnel_alive(self) -> bool: ...
@@ -147,7 +154,8 @@ class ClientConnection(asyncio.Protocol):
         if self._opening is not None:
             self._opening.cancel()
         if self.stream is not None:
-            self.stream.abort()
+            # Between requests nothing is cut, however the client left.
+            (self.stream.finish if self.session.idle else self.stream.abort)()
             self.stream = None
         self.agent.forget(self)
 
@@ -203,6 +211,11 @@ class ClientConnection(asyncio.Protocol):
             self.session.upstream_lost(reason)
         self._pump()
 
+    def stream_finished(self) -> None:
+        # The server never finishes a stream; from a peer that does, an end it did
+        # not delimit is not known to be complete: treat it as a reset.
+        self.stream_reset("the server closed the stream")
+
     def stream_drained(self) -> None:
         self._stream_full = False
         self._update_reading()
@@ -226,9 +239,9 @@ class ClientConnection(asyncio.Protocol):
                 case EndUpstream():
                     if self.stream is not None:
                         self.stream.write_eof()
-                case CloseUpstream():
+                case CloseUpstream(orderly):
                     if self.stream is not None:
-                        self.stream.abort()
+                        (self.stream.finish if orderly else self.stream.abort)()
                         self.stream = None
                     self._retried = False
                 case EndClient():

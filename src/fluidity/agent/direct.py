@@ -105,6 +105,14 @@ class DirectStream(asyncio.Protocol):
         if self.transport is not None:
             reset_transport(self.transport)  # a RST: the target must not take a cut for an end
 
+    def finish(self) -> None:
+        """Close the connection in order (FIN) after complete exchanges; the handler
+        hears nothing more."""
+        self._closed = True
+        self.handler = None
+        if self.transport is not None:
+            self.transport.close()
+
     @property
     def tunnel_alive(self) -> bool:
         """Always True: there is no tunnel to lose, so a broken direct connection is a

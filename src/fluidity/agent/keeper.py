@@ -2,7 +2,7 @@
 
 The keeper connects at start, and whenever the connection is lost -- server
 restart, network reset, a middlebox killing an idle connection, a laptop
-waking from sleep (caught by the keepalive PING) -- it reconnects with
+waking from sleep (a jump of the clocks, or the keepalive PING) -- it reconnects with
 exponential backoff and full jitter, logging each attempt and its reason.
 
 Each attempt is a :class:`fluidity.agent.dialer.TunnelDialer` dial: the TCP
@@ -12,7 +12,11 @@ each attempt), TLS, and the server's first HTTP/2 word, all within
 refused our certificate: the attempt is reported as an authentication failure.
 
 Client requests wait for the tunnel (``connect_wait``) instead of failing
-the moment it blinks.
+the moment it blinks, and a waiting request does not wait for the backoff
+timer: it starts an attempt at once (one at a time, one every 0.5 s at most,
+the backoff left as it was; :mod:`fluidity.agent.redial`). A jump of the clocks
+(the machine slept) starts one at once too, and retires a connection made
+before the sleep the way a draining server's is retired.
 
 A draining server (shutting down) refuses new streams with REFUSED_STREAM
 while its open ones finish. The first refusal retires the connection: the
@@ -29,7 +33,6 @@ WebSocket transport for good, saying so once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import ssl
@@ -39,6 +42,7 @@ from typing import Any
 
 from fluidity.agent.dialer import TunnelDialer, failure_reason
 from fluidity.agent.path import open_path
+from fluidity.agent.redial import Redialer
 from fluidity.agent.routes import Connector, WebSocketSettings
 from fluidity.config.agent import TransportKind
 from fluidity.errors import (
@@ -93,6 +97,8 @@ class TunnelKeeper:
         self.server_name = server_name
         self.connect_wait = connect_wait
         self._backoff = backoff or Backoff(0.5, 30.0)
+        self.redial = Redialer(self._backoff)
+        """When attempts are made: the backoff timer, waiting requests, wakes from sleep."""
         if transport != "direct" and websocket is None:
             raise ValueError(f"transport {transport!r} needs WebSocket settings")
         self._dialer = TunnelDialer(
@@ -116,8 +122,8 @@ class TunnelKeeper:
         self._conn: TunnelConnection | None = None
         self._up = asyncio.Event()
         self._draining = asyncio.Event()  # the current connection refused a stream
+        self._retire_why = ""  # why the current connection is retired, if not a drain
         self._retired: set[TunnelConnection] = set()  # draining, still carrying streams
-        self._wake = asyncio.Event()  # reconnect_now(): skip the backoff wait
         self.state = TunnelState.CONNECTING
         self.last_error = ""
         self.reconnects = 0
@@ -152,25 +158,17 @@ class TunnelKeeper:
         """Connect, and reconnect after every loss, until cancelled."""
         self._started = asyncio.get_running_loop().time()
         log.info("waiting for the tunnel to server %s…", self.address)
+        watch = asyncio.ensure_future(self.redial.watch_sleep(self._slept))
         try:
             while True:
                 await self.connect_once()
-                delay = self._backoff.next_delay()
-                log.warning(
-                    "tunnel to %s: %s; reconnecting in %.1f s (attempt %d)",
-                    self.address,
-                    self.last_error,
-                    delay,
-                    self._backoff.attempts,
-                )
-                if not self._wake.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await self._wake.wait()
-                self._wake.clear()
+                self._log_next_attempt(self.redial.attempt_ended())
+                await self.redial.until_next_attempt()
                 self.reconnects += 1
                 self.metrics.reconnecting()
         finally:
+            watch.cancel()
+            await asyncio.wait([watch])  # never raises: the watch leaves with us
             self.state = TunnelState.STOPPED
             self._up.clear()
             # GOAWAY, then wait (bounded) for each TLS close to complete: the
@@ -182,7 +180,7 @@ class TunnelKeeper:
         """Start a connection attempt at once (the dashboard's button): a live connection
         is closed with GOAWAY (its streams fail, as on any loss) and the backoff wait,
         if one is under way, is cut short. An attempt in progress finishes first."""
-        self._wake.set()
+        self.redial.woke()  # as after a sleep: the backoff starts over, the next attempt is now
         conn = self._conn
         if conn is not None and not conn.closed.done():
             conn.close("reconnect requested")
@@ -193,18 +191,22 @@ class TunnelKeeper:
         if conn is not None and conn.is_usable and self._up.is_set():
             return conn  # the common case, without arming a timeout for nothing
         try:
-            async with asyncio.timeout(within):
-                while True:
-                    conn = self._conn
-                    if conn is not None and conn.is_usable and self._up.is_set():
-                        return conn
-                    self._up.clear()
-                    await self._up.wait()
+            with self.redial.waiting():
+                return await self._until_ready(within)
         except TimeoutError:
             why = f": {self.last_error}" if self.last_error else ""
             raise TunnelUnavailable(
                 f"no tunnel to {self.address} after waiting {within:g} s{why}"
             ) from None
+
+    async def _until_ready(self, within: float) -> TunnelConnection:
+        async with asyncio.timeout(within):
+            while True:
+                conn = self._conn
+                if conn is not None and conn.is_usable and self._up.is_set():
+                    return conn
+                self._up.clear()
+                await self._up.wait()
 
     async def failure(self, within: float) -> TunnelError:
         """Why the latest connection attempt failed, waiting up to ``within`` seconds for
@@ -269,9 +271,10 @@ class TunnelKeeper:
         self.state = TunnelState.CONNECTING
         self.connected_since = None
         if drained:
-            self._retire(conn)
+            why, self._retire_why = self._retire_why, ""
+            self._retire(conn, why or f"server {self.address} is draining")
             self._backoff.reset()
-            self.last_error = "the server is draining (shutting down)"
+            self.last_error = why or "the server is draining (shutting down)"
             return
         self._count_bytes(conn)
         reason = conn.closed.result()
@@ -285,6 +288,7 @@ class TunnelKeeper:
     async def _until_closed_or_draining(self, conn: TunnelConnection) -> bool:
         """Wait until ``conn`` closes (False) or refuses a stream as it drains (True)."""
         self._draining.clear()
+        self._retire_why = ""
         draining = asyncio.ensure_future(self._draining.wait())
         try:
             either: list[asyncio.Future[Any]] = [conn.closed, draining]
@@ -293,11 +297,11 @@ class TunnelKeeper:
             draining.cancel()
         return not conn.closed.done()
 
-    def _retire(self, conn: TunnelConnection) -> None:
+    def _retire(self, conn: TunnelConnection, why: str) -> None:
         """Leave a draining connection to finish its streams; count it once closed."""
         log.info(
-            "server %s is draining: %d streams finish on the old tunnel, new ones go on a new one",
-            self.address,
+            "%s: %d streams finish on the old tunnel, new ones go on a new one",
+            why,
             conn.active_streams,
         )
         self._retired.add(conn)
@@ -339,6 +343,37 @@ class TunnelKeeper:
         log.warning("%s; transport is auto: switching to the WebSocket transport", self.last_error)
         self.transport = "websocket"
         return True
+
+    def _log_next_attempt(self, delay: float | None) -> None:
+        """Say when the next attempt is; quietly for one made for waiting requests."""
+        if delay is None:
+            log.debug(
+                "tunnel to %s: %s; the requests waiting ask again", self.address, self.last_error
+            )
+            return
+        log.warning(
+            "tunnel to %s: %s; reconnecting in %.1f s (attempt %d)",
+            self.address,
+            self.last_error,
+            delay,
+            self._backoff.attempts,
+        )
+
+    def _slept(self, seconds: float) -> None:
+        """The clocks jumped (the machine slept): try afresh now, whatever was going on.
+
+        A connection made before the sleep is retired, not cut: its streams finish on
+        it if it still works, new ones go on a new connection.
+        """
+        log.warning(
+            "the clocks jumped %.0f s (the machine slept?): reconnecting to %s at once",
+            seconds,
+            self.address,
+        )
+        self.redial.woke()
+        if self._conn is not None:
+            self._retire_why = f"the machine slept {seconds:.0f} s"
+            self._draining.set()
 
     def _report_up(self) -> None:
         """'tunnel up after 0.4 s' the first time, for the person waiting at start."""

@@ -29,7 +29,9 @@ The states, and what moves a session between them::
     CLOSED      final: CloseClient() was the last event
 
 Before ``CloseClient`` any upstream still held gets ``CloseUpstream``, except one the
-driver reported lost or one whose both directions ended. The agent's own errors are
+driver reported lost or one whose both directions ended. ``CloseUpstream(orderly=True)``
+drops an upstream whose exchanges were all complete (the target should see FIN);
+without ``orderly`` something was cut (the target must see RST). The agent's own errors are
 ``text/plain`` lines saying what was wrong and how to fix it, with ``Connection:
 close``. A ``Proxy-Authorization`` value never appears in any message.
 

@@ -81,7 +81,14 @@ class EndUpstream:
 
 @dataclass(frozen=True, slots=True)
 class CloseUpstream:
-    """Close (reset if need be) the upstream and forget it; its later bytes are ignored."""
+    """Close the upstream and forget it; its later bytes are ignored.
+
+    ``orderly`` when every exchange on it was complete both ways (a kept-alive
+    upstream between requests): the target should see an orderly close (FIN).
+    Otherwise something was cut, and the target must see a reset (RST).
+    """
+
+    orderly: bool = False
 
 
 @dataclass(frozen=True, slots=True)

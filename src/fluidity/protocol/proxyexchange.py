@@ -28,6 +28,9 @@ MAX_RESPONSE_HEAD = 1024 * 1024  # h11's bound on an incomplete response event
 
 BodyEvent = h11.Data | h11.EndOfMessage
 
+# h11 states after a complete exchange: kept alive (DONE) or not (MUST_CLOSE, CLOSED).
+_AT_REST = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
+
 
 class Progress(enum.Enum):
     """How far a response got with the bytes just fed."""
@@ -63,6 +66,15 @@ class Upstream:
         """Whether the next request, to ``target``, may go over this upstream."""
         same = (self.target.host, self.target.port) == (target.host, target.port)
         return same and self.open and not self.spoiled and self.both_done()
+
+    @property
+    def at_rest(self) -> bool:
+        """Every request on it was sent in full and every response read to its end:
+        closing it now cuts nothing. False for a CONNECT or an upgraded upstream."""
+        conn = self._conn
+        if conn is None:
+            return False
+        return conn.our_state in _AT_REST and conn.their_state in _AT_REST
 
     def both_done(self) -> bool:
         # DONE on both sides unless a Connection: close, an HTTP/1.0 response or a

@@ -11,7 +11,8 @@ client bytes not yet parsed -- and does what needs no HTTP:
   upstream needs no closing and ``CloseClient`` ends the session;
 - endings: ``_refuse`` answers an error (with ``Proxy-Authenticate`` for 407),
   ``_fail`` aborts instead once a response byte went out, and ``_close`` sends
-  ``CloseUpstream`` for an upstream still held before the final ``CloseClient``.
+  ``CloseUpstream`` for an upstream still held before the final ``CloseClient``:
+  orderly if its exchanges were complete, a reset if something was cut.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class RelaySession:
         self._inbox.clear()
 
     def _drop_upstream(self) -> None:
-        self._emit(CloseUpstream())
+        assert self._upstream is not None
+        self._emit(CloseUpstream(orderly=self._upstream.at_rest))
         self._upstream = None
 
     # -- small helpers --------------------------------------------------------------------

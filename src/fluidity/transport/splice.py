@@ -7,7 +7,10 @@ acknowledged to the tunnel only while the socket's own buffer has room, so a
 slow reader slows its sender through HTTP/2 flow control and nothing is held
 beyond one window. Half-closes pass through both ways; a reset or a lost
 socket aborts the other side (a TCP reset towards the target, RST_STREAM
-towards the agent), so a truncation is never disguised as an end.
+towards the agent), so a truncation is never disguised as an end. A stream the
+agent finished after complete exchanges (RST_STREAM with NO_ERROR: a client left
+its kept-alive connection) closes the socket in order instead: the target sees
+FIN after the bytes already written, as it would from a client of its own.
 """
 
 from __future__ import annotations
@@ -109,6 +112,12 @@ class Splice(asyncio.Protocol):
         if self.transport is not None and not self._closed:
             self._closed = True
             reset_transport(self.transport)
+            self._finish()
+
+    def stream_finished(self) -> None:
+        if self.transport is not None and not self._closed:
+            self._closed = True
+            self.transport.close()  # flushes what is queued, then FIN
             self._finish()
 
     def stream_drained(self) -> None:

@@ -15,7 +15,16 @@ handler of each open one, and each of the agent's CONNECTs still awaiting the
 server's answer. The connection routes the stream events of its sans-I/O core
 here, and each reaches its handler; a stream's commands go to the core, then
 ``schedule_flush`` asks the connection to write what the core has to send.
-A handler hears ``stream_reset`` at most once, and nothing after it.
+A handler hears ``stream_reset`` or ``stream_finished`` at most once, and
+nothing after it.
+
+How a stream ends tells the far side how to end what it feeds. Both sides'
+half-closes (``write_eof``, END_STREAM) are an orderly end; ``abort`` sends
+RST_STREAM (CANCEL): something was cut, and the server resets the target's TCP
+connection. ``finish`` sends RST_STREAM with NO_ERROR: the holder is done with a
+stream whose exchanges were complete (the agent, when a client leaves a kept-alive
+connection), and the server closes the target's connection in order (FIN). A
+server that predates ``finish`` resets it as before.
 """
 
 from __future__ import annotations
@@ -47,6 +56,10 @@ class StreamHandler(Protocol):
     def stream_reset(self, reason: str) -> None:
         """The stream is gone (reset, or the tunnel died); no more calls follow."""
 
+    def stream_finished(self) -> None:
+        """The peer is done with the stream, nothing cut (RST_STREAM NO_ERROR): end what
+        it feeds in order; no more calls follow."""
+
     def stream_drained(self) -> None:
         """The send queue has room again after ``write`` returned False."""
 
@@ -74,8 +87,13 @@ class TunnelStream:
         self._table.acknowledge(self.stream_id, size)
 
     def abort(self) -> None:
-        """Reset the stream; the handler hears nothing more."""
+        """Reset the stream (something was cut); the handler hears nothing more."""
         self._table.reset(self.stream_id)
+
+    def finish(self) -> None:
+        """Done with the stream after complete exchanges: the peer ends what it feeds in
+        order (RST_STREAM with NO_ERROR); the handler hears nothing more."""
+        self._table.reset(self.stream_id, ErrorCodes.NO_ERROR)
 
     @property
     def tunnel_alive(self) -> bool:
@@ -148,9 +166,9 @@ class StreamTable:
         self._core.acknowledge(stream_id, size)
         self._schedule_flush()
 
-    def reset(self, stream_id: int) -> None:
+    def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         self._handlers.pop(stream_id, None)
-        self._core.reset_stream(stream_id)
+        self._core.reset_stream(stream_id, code)
         self._schedule_flush()
 
     # -- opening and accepting ------------------------------------------------
@@ -222,7 +240,11 @@ class StreamTable:
                 error = StreamError(f"stream reset by {self.peer_name} (code {code})")
             pending.future.set_exception(error)
         handler = self._handlers.pop(stream_id, None)
-        if handler is not None:
+        if handler is None:
+            return
+        if code == ErrorCodes.NO_ERROR:
+            handler.stream_finished()
+        else:
             handler.stream_reset(f"stream reset by {self.peer_name} (code {code})")
 
     def handler_failed(self, stream_id: int, exc: Exception) -> None:
