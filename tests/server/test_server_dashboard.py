@@ -82,7 +82,7 @@ async def test_the_page_is_on_the_metrics_listener_and_only_for_an_ip_host(
 
 
 async def test_draining_shows(watched: Tunnel) -> None:
-    for conn in watched.server.tunnels:
+    for conn in watched.server.tunnels.live:
         conn.refuse_new_streams()
     watched.server._draining = True  # what shutdown() sets first, without shutting down
     assert (await view(watched)).json()["server"]["draining"] is True

@@ -15,7 +15,6 @@ import asyncio
 import datetime as dt
 import ssl
 import time
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 from fluidity import __version__
@@ -27,6 +26,7 @@ from fluidity.observe.history import INTERVAL
 from fluidity.observe.metrics import Metrics, Snapshot
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.server.streams import StreamService
+from fluidity.server.tunnels import Tunnels
 from fluidity.transport.connection import TunnelConnection
 
 
@@ -42,8 +42,7 @@ class ConsoleHost(Protocol):
     @property
     def draining(self) -> bool: ...
 
-    @property
-    def tunnels(self) -> Iterable[TunnelConnection]: ...
+    tunnels: Tunnels
 
     def snapshot(self) -> Snapshot: ...
 
@@ -90,7 +89,7 @@ class ServerConsole:
                 "bytes_in": snap.bytes_received,
                 "bytes_out": snap.bytes_sent,
             },
-            "agents": [_agent(conn, now) for conn in server.tunnels],
+            "agents": [_agent(conn, now) for conn in server.tunnels.live],
             "breakers": _breakers(server.streams.dialer.breaker),
             "refusals": metrics.totals("fluidity_target_errors", "kind"),
             "handshake_failures": metrics.totals("fluidity_handshake_failures", "reason"),

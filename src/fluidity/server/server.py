@@ -27,13 +27,12 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from fluidity.config.server import ServerConfig
 from fluidity.config.values import Address
 from fluidity.errors import ConfigError, HandshakeError, TunnelError
-from fluidity.lifecycle.cloudwatch import MetricsPublisher
+from fluidity.lifecycle.cloudwatch import Activity, MetricsPublisher
 from fluidity.observe.expiry import DAY, ExpiryWatch, Sources
 from fluidity.observe.metrics import Metrics, Snapshot
 from fluidity.observe.metricsserver import MetricsServer
@@ -48,21 +47,13 @@ from fluidity.server.policyreload import ConfigFile, PolicyReloader
 from fluidity.server.rebalance import Rebalancer
 from fluidity.server.reload import ReloadableContext
 from fluidity.server.streams import StreamService
+from fluidity.server.tunnels import Tunnels
 from fluidity.transport.connection import TunnelConnection
 from fluidity.transport.frontdoor import Handoff, ServerContexts, make_link, server_contexts
 from fluidity.transport.tlsaccept import FailureLog, TLSListener
 from fluidity.transport.wslink import WebSocketLink
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Activity:
-    """What the server is doing, for operators and the lifecycle control plane."""
-
-    active_connections: int
-    active_streams: int
-    last_activity: float
 
 
 class Server:
@@ -106,10 +97,9 @@ class Server:
         )
         self._started = False
         self._watcher: asyncio.Task[None] | None = None
-        self._connections: set[ServerConnection] = set()
-        self._last_activity = time.time()
+        self.tunnels = Tunnels(self.metrics, lambda: self.config.limits.max_tunnels)
+        self._connections = self.tunnels.live
         self._draining = False
-        self._closed_bytes = (0, 0)  # (in, out) of connections gone, for monotonic counters
         self._publisher: asyncio.Task[None] | None = None
         self.address: tuple[str, int] | None = None
         self.websocket_address: tuple[str, int] | None = None
@@ -284,8 +274,7 @@ class Server:
 
     def activity(self) -> Activity:
         """Active agents, active streams and the last time a stream opened."""
-        last = max([self._last_activity, *(c.last_activity for c in self._connections)])
-        return Activity(len(self._connections), self._open_streams(), last)
+        return self.tunnels.activity()
 
     # -- what the dashboard reads (fluidity.server.console) ----------------
 
@@ -293,29 +282,25 @@ class Server:
     def draining(self) -> bool:
         return self._draining
 
-    @property
-    def tunnels(self) -> set[ServerConnection]:
-        return self._connections
-
     def snapshot(self) -> Snapshot:
         return self._snapshot()
 
     # -- live tunnels, and the connections the listeners make ------------
 
     def _open_streams(self) -> int:
-        return sum(conn.active_streams for conn in self._connections)
+        return self.tunnels.open_streams()
 
     def _snapshot(self) -> Snapshot:
         """Live state for a metrics scrape."""
-        closed_in, closed_out = self._closed_bytes
+        received, sent = self.tunnels.bytes()
         circuits: dict[str, int] = {}
         for state in self.streams.dialer.breaker.states(time.monotonic()).values():
             circuits[state.value] = circuits.get(state.value, 0) + 1
         return Snapshot(
             tunnel_connections=len(self._connections),
             streams_active={"connect": self._open_streams()},
-            bytes_received=closed_in + sum(c.bytes_in for c in self._connections),
-            bytes_sent=closed_out + sum(c.bytes_out for c in self._connections),
+            bytes_received=received,
+            bytes_sent=sent,
             circuits=circuits,
         )
 
@@ -360,28 +345,12 @@ class Server:
         return make_link(self.config, self.tls.current.inner, self._make_connection, self._refused)
 
     def admit(self, conn: ServerConnection) -> bool:
-        """Register a connection whose client is allowed; False once ``limits.max_tunnels``
-        connections are live (logged). During a drain it is admitted but refuses streams."""
-        if self._draining:  # its handshake began before the listener closed
-            conn.refuse_new_streams()
-        if len(self._connections) >= self.config.limits.max_tunnels:
-            log.warning(
-                "refusing agent %s: limits.max_tunnels (%d) reached",
-                conn.peer_name,
-                self.config.limits.max_tunnels,
-            )
-            return False
-        self._connections.add(conn)
-        self.metrics.connection_made()
-        return True
+        """Register a connection whose client is allowed (see ``Tunnels.admit``)."""
+        return self.tunnels.admit(conn, draining=self._draining)
 
     def forget(self, conn: ServerConnection) -> None:
-        """A connection closed: drop it, keeping its bytes for the monotonic counters."""
-        if conn in self._connections:
-            self._connections.discard(conn)
-            closed_in, closed_out = self._closed_bytes
-            self._closed_bytes = (closed_in + conn.bytes_in, closed_out + conn.bytes_out)
-        self._last_activity = max(self._last_activity, conn.last_activity)
+        """A connection closed (see ``Tunnels.forget``)."""
+        self.tunnels.forget(conn)
 
 
 def _watched_paths(config: ServerConfig) -> list[Path]:
