@@ -42,6 +42,7 @@ from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
 from fluidity.server.connection import ServerConnection, close_revoked
 from fluidity.server.dialer import Dialer, DialSettings
+from fluidity.server.httpsproxy import HttpsProxyService
 from fluidity.server.reload import ReloadableContext
 from fluidity.server.streams import StreamService
 from fluidity.transport.connection import TunnelConnection
@@ -90,6 +91,12 @@ class Server:
             CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.reset_after),
         )
         self.streams = StreamService(dialer, self.metrics)
+        # The server as an HTTPS proxy for clients with no agent (https_proxy: opt-in).
+        self.https_proxy = (
+            HttpsProxyService(config, dialer, self.metrics, self.clients, self._handoff_refused)
+            if config.https_proxy.enabled
+            else None
+        )
         # One rate budget for every failed handshake, whichever listener or layer saw it.
         self.failures = FailureLog()
         self.acceptor = TLSListener(
@@ -223,13 +230,17 @@ class Server:
             async with asyncio.timeout(timeout):
                 # Streams end in protocol callbacks; a short poll keeps them free of
                 # shutdown bookkeeping on the hot path.
-                while self._open_streams() or self.streams.dials:  # noqa: ASYNC110
+                while (  # noqa: ASYNC110
+                    not self._proxy_drained() or self._open_streams() or self.streams.dials
+                ):
                     await asyncio.sleep(0.05)
         except TimeoutError:
             log.warning(
                 "drain deadline passed with %d streams open: closing them", self._open_streams()
             )
         self.streams.abort()
+        if self.https_proxy is not None:
+            self.https_proxy.close()
         # GOAWAY and TLS close to every agent at once, and wait for them (bounded):
         # a server that returned now would leave sockets open behind it.
         await asyncio.gather(
@@ -245,7 +256,8 @@ class Server:
     def activity(self) -> Activity:
         """Active agents, active streams and the last time a stream opened."""
         last = max([self._last_activity, *(c.last_activity for c in self._connections)])
-        return Activity(len(self._connections), self._open_streams(), last)
+        proxies = len(self.https_proxy.connections) if self.https_proxy is not None else 0
+        return Activity(len(self._connections) + proxies, self._open_streams(), last)
 
     # -- live tunnels, and the connections the listeners make ------------
 
@@ -275,7 +287,17 @@ class Server:
 
     def _make_handoff(self) -> Handoff:
         make_link = self._make_link if self.config.websocket.enabled else None
-        return Handoff(self._make_connection, make_link, self._handoff_refused)
+        make_proxy = self.https_proxy.make if self.https_proxy is not None else None
+        return Handoff(
+            self._make_connection,
+            make_link,
+            self._handoff_refused,
+            make_proxy,
+            self.config.limits.handshake_timeout,
+        )
+
+    def _proxy_drained(self) -> bool:
+        return self.https_proxy is None or self.https_proxy.drained()
 
     def _handoff_refused(self, peer: str, problem: HandshakeError) -> None:
         """The main port turned a connection away right after its TLS handshake (h2

@@ -126,6 +126,8 @@ class ProxyDriver(asyncio.Protocol):
         self._sync_head_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return  # turned away in connection_made, or gone: nothing more to do
         stream = self.stream
         if stream is not None and self.session.relaying:
             # A raw splice (CONNECT, upgrades): the session would only hand the
@@ -139,6 +141,8 @@ class ProxyDriver(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool:
+        if self._closed:
+            return False
         self.session.receive_client(b"")
         self._pump()
         return True  # half-close: the answer may still be on its way
@@ -262,13 +266,17 @@ class ProxyDriver(asyncio.Protocol):
 
     def _end_client(self) -> None:
         """Half-close towards the client; a client already gone is no error here
-        (``connection_lost`` tells the rest)."""
+        (``connection_lost`` tells the rest). A client over TLS cannot be half-closed
+        (asyncio's TLS transport has no ``write_eof``): nothing more can reach it, so
+        the connection closes in order, the upstream ended rather than reset."""
         transport = self.transport
         if transport is None or self._closed or transport.is_closing():
             return
         if transport.can_write_eof():
             with contextlib.suppress(OSError):
                 transport.write_eof()
+        else:
+            self._close_client(abort=False)
 
     def _close_client(self, abort: bool) -> None:
         if self.transport is None or self._closed:
