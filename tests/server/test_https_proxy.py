@@ -76,6 +76,17 @@ async def test_httpx_with_a_client_certificate(ppki: ProxyPKI, origin: Recording
     assert status.status_code == 404
 
 
+async def test_curl_with_the_pkcs12_bundle(ppki: ProxyPKI, origin: RecordingOrigin) -> None:
+    from fluidity.pki.bundle import write_pkcs12
+
+    bundle = write_pkcs12(ppki.directory, "alice", "bundle-password")
+    async with running(proxy_config(ppki)) as server:
+        args = curl_args(server, ppki, None)
+        args += ["--proxy-cert-type", "P12", "--proxy-cert", f"{bundle}:bundle-password"]
+        result = await run([*args, f"{origin.url}/p12"])
+    assert (result.returncode, result.stdout) == (0, b"hello"), result.stderr
+
+
 async def test_one_connection_keeps_alive_across_hosts(
     ppki: ProxyPKI, origin: RecordingOrigin, second_origin: RecordingOrigin
 ) -> None:

@@ -135,7 +135,8 @@ async def run(
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        # No proxy exemption from the environment: loopback must go through the proxy.
+        env={**os.environ, "no_proxy": "", "NO_PROXY": "", **(env or {})},
         cwd=cwd,
     )
     try:
