@@ -148,6 +148,11 @@ class ProxyClient(ProxyDriver):
         super().connection_lost(exc)
         self.service.forget(self)
 
+    def close(self, reason: str = "") -> None:
+        """Reset the connection and its upstream (the drain deadline passed, or its
+        certificate was revoked: ``reason``, logged by the caller)."""
+        super().close()
+
     def _admissible(self, transport: asyncio.BaseTransport, peer: str, has_cert: bool) -> bool:
         """Whether this connection may use the proxy at all; if not, logged and counted."""
         ssl_object = transport.get_extra_info("ssl_object")

@@ -279,11 +279,13 @@ class Server:
         )
 
     def _close_revoked(self) -> None:
-        """After a reload: end the live tunnels whose client certificate the CRL now lists."""
+        """After a reload: end the live tunnels and HTTPS proxy connections whose client
+        certificate the CRL now lists."""
         crl = self.config.tls.crl
-        if crl is None or not self._connections:
+        proxies = self.https_proxy.connections if self.https_proxy is not None else set()
+        if crl is None or not (self._connections or proxies):
             return
-        close_revoked(self._connections, crl)
+        close_revoked([*self._connections, *proxies], crl)
 
     def _make_handoff(self) -> Handoff:
         make_link = self._make_link if self.config.websocket.enabled else None
