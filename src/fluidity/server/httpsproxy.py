@@ -72,6 +72,13 @@ class HttpsProxyService:
         self.connections: set[ProxyClient] = set()
         self.draining = False
 
+    @property
+    def admits(self) -> str:
+        """Who may use the proxy, in words, for the start line."""
+        if self.credentials is None:
+            return "clients with a certificate of the CA"
+        return f"clients with a certificate, or user {self.credentials[0]!r} with its password"
+
     def make(self) -> ProxyClient:
         """The protocol of one new proxy connection (the front door's ``make_proxy``)."""
         return ProxyClient(self)

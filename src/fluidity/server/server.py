@@ -163,6 +163,8 @@ class Server:
             if self.config.websocket.enabled
             else "",
         )
+        if self.https_proxy is not None:
+            log.info("HTTPS proxy on the same port: %s", self.https_proxy.admits)
         if self.config.websocket.listen is not None:
             await self._start_websocket_listener(self.config.websocket.listen)
 
