@@ -139,3 +139,29 @@ async def test_shutdown_closes_idle_connections_and_cuts_busy_ones_at_the_deadli
     finally:
         await server.shutdown(drain_timeout=0)
     assert server.https_proxy is not None and not server.https_proxy.connections
+
+
+async def test_with_the_websocket_transport_off_agents_and_proxy_clients_share_the_port(
+    ppki: ProxyPKI, origin: RecordingOrigin
+) -> None:
+    from fluidity.agent import Agent
+    from support.harness import make_agent_config
+    from support.secpki import probe
+
+    h2_no_cert = client_context(ppki, None)
+    h2_no_cert.set_alpn_protocols(["h2"])
+    async with running(proxy_config(ppki, websocket=False)) as server:
+        assert server.address is not None
+        agent = Agent(make_agent_config(ppki.quickstart(), server.address[1]))
+        await agent.start()
+        try:
+            await agent.keeper.wait_ready(within=WAIT)
+            assert agent.keeper.transport == "direct"
+            via_proxy = await raw_exchange(server, client_context(ppki), get(origin, "/p"))
+            refused = await probe(server.address[1], h2_no_cert, server_hostname=LOOPBACK)
+        finally:
+            await agent.shutdown(drain_timeout=1.0)
+        missing = server.metrics.value(FAILURES, {"reason": "certificate_missing"})
+    assert via_proxy.startswith(b"HTTP/1.1 200")
+    assert not refused.accepted  # h2 without a certificate: still no tunnel
+    assert missing == 1
