@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -192,6 +193,28 @@ async def test_policy_refusal_is_a_403_naming_the_rule(
     assert origin.heads == []
 
 
+async def test_unreachable_targets_get_the_agents_answers(ppki: ProxyPKI) -> None:
+    config = proxy_config(ppki)
+    config = replace(
+        config,
+        dial=replace(config.dial, attempts=1),
+        circuit_breaker=replace(config.circuit_breaker, failures=1, reset_after=60.0),
+    )
+    async with running(config) as server:
+        refused = await run([*curl_args(server, ppki), "-i", "http://127.0.0.1:1/"])
+        tripped = await run([*curl_args(server, ppki), "-i", "http://127.0.0.1:1/"])
+        tunnel = await run([*curl_args(server, ppki), "-p", "-i", "http://127.0.0.1:1/"])
+        errors = server.metrics.value(
+            "fluidity_target_errors_total", {"kind": "circuit_open", "status": "503"}
+        )
+    assert refused.stdout.startswith(b"HTTP/1.1 502"), refused.stdout
+    assert b"connection refused" in refused.stdout
+    assert tripped.stdout.startswith(b"HTTP/1.1 503")  # the circuit is open now
+    assert b"circuit open" in tripped.stdout
+    assert b"503" in tunnel.stderr or tunnel.stdout.startswith(b"HTTP/1.1 503")  # CONNECT too
+    assert errors == 2
+
+
 async def test_basic_credentials_instead_of_a_certificate(
     ppki: ProxyPKI,
     origin: RecordingOrigin,
@@ -234,8 +257,6 @@ async def test_password_file_must_be_private(ppki: ProxyPKI, tmp_path: Path) -> 
 
 
 async def test_off_by_default(ppki: ProxyPKI, origin: RecordingOrigin) -> None:
-    from dataclasses import replace
-
     config = proxy_config(ppki, websocket=False)
     config = replace(config, https_proxy=replace(config.https_proxy, enabled=False))
     async with running(config) as server:
