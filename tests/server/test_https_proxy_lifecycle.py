@@ -165,3 +165,19 @@ async def test_with_the_websocket_transport_off_agents_and_proxy_clients_share_t
     assert via_proxy.startswith(b"HTTP/1.1 200")
     assert not refused.accepted  # h2 without a certificate: still no tunnel
     assert missing == 1
+
+
+async def test_an_idle_tunnel_ends_after_the_stream_idle_timeout(
+    ppki: ProxyPKI, origin: RecordingOrigin
+) -> None:
+    config = proxy_config(ppki)
+    config = replace(config, limits=replace(config.limits, stream_idle_timeout=0.3))
+    async with (
+        running(config) as server,
+        connected(server, client_context(ppki)) as (reader, writer),
+    ):
+        assert b" 200 " in await exchange(reader, writer, connect_request(origin), b"\r\n\r\n")
+        # Bytes keep it open; then silence ends it.
+        writer.write(b"GET /alive HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"hello" in await asyncio.wait_for(reader.readuntil(b"hello"), WAIT)
+        assert await ended(reader)

@@ -122,6 +122,9 @@ class ProxyClient(ProxyDriver):
         self.service = service
         self.identity = ClientIdentity()
         self.peer_name = "?"
+        self._idle_timeout = service.config.limits.stream_idle_timeout
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._heard = 0.0  # loop time of the last byte either way
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = _peer(transport)
@@ -144,6 +147,21 @@ class ProxyClient(ProxyDriver):
             return
         log.debug("HTTPS proxy client connected: %s", self.peer_name)
         super().connection_made(transport)
+        if self._idle_timeout > 0:
+            self._heard = asyncio.get_running_loop().time()
+            self._idle_timer = asyncio.get_running_loop().call_later(
+                self._idle_timeout, self._on_idle_timer
+            )
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle_timer is not None:
+            self._heard = asyncio.get_running_loop().time()
+        super().data_received(data)
+
+    def stream_data(self, data: bytes) -> None:
+        if self._idle_timer is not None:
+            self._heard = asyncio.get_running_loop().time()
+        super().stream_data(data)
 
     def eof_received(self) -> bool:
         super().eof_received()
@@ -152,8 +170,29 @@ class ProxyClient(ProxyDriver):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         super().connection_lost(exc)
         self.service.forget(self)
+
+    def _on_idle_timer(self) -> None:
+        """``limits.stream_idle_timeout``, as for tunnel streams: an upstream with no byte
+        either way for that long is ended like a reset stream (502 before a response
+        byte, else the client connection is reset). Idle between requests is the
+        head timeout's business."""
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._heard
+        stream = self.stream
+        if stream is None or quiet < self._idle_timeout:
+            wait = self._idle_timeout - quiet if stream is not None else self._idle_timeout
+            self._idle_timer = loop.call_later(max(wait, 0.01), self._on_idle_timer)
+            return
+        self._idle_timer = None
+        why = f"no bytes either way for {self._idle_timeout:g} s (limits.stream_idle_timeout)"
+        log.info("%s: %s closed: %s", self.peer_name, self.kind, why)
+        stream.abort()
+        self.stream_reset(why)
 
     def close(self, reason: str = "") -> None:
         """Reset the connection and its upstream (the drain deadline passed, or its
