@@ -14,7 +14,9 @@ the front door's ``Handoff``, which gives each connection to the direct
 transport (h2, TLS 1.3, verified client certificate) or to the WebSocket
 transport (whose inner mTLS handshake uses the reloadable inner context); the
 client allow-list and the tunnel limits apply to the tunnel connection either
-way, since both paths end in the same ``ServerConnection``.
+way, since both paths end in the same ``ServerConnection``. With ``https_proxy``
+on, the front door also hands proxy clients with no agent to the
+``HttpsProxyService`` (``fluidity.server.httpsproxy``), which shares the dialer.
 
 Shutdown drains: the listener closes, new streams are refused with
 REFUSED_STREAM (the agent retries them elsewhere), open streams finish up to
