@@ -4,6 +4,7 @@ refusals (no certificate, revoked, unlisted, wrong password, the target policy).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -237,7 +238,9 @@ async def test_basic_credentials_instead_of_a_certificate(
     assert with_cert.stdout == b"hello"  # a certificate is still enough
     assert [h.split(b" ")[1] for h in origin.heads] == [b"/a", b"/d"]
     assert all(b"Proxy-Authorization" not in h for h in origin.heads)
-    assert PASSWORD not in caplog.text
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert PASSWORD not in caplog.text and token not in caplog.text
+    assert "(password)@" in caplog.text  # the user is named in the logs: the secret never
 
 
 async def test_password_file_must_be_private(ppki: ProxyPKI, tmp_path: Path) -> None:
