@@ -136,9 +136,10 @@ class ProxyClient(ProxyDriver):
             return
         if not cert:
             # No certificate, so require_certificate is false: Basic credentials it is.
-            self.session = ClientSession(credentials=self.service.credentials)
-            assert self.service.credentials is not None  # config: no auth, no cert-less clients
-            self.peer_name = f"{self.service.credentials[0]} (password)@{peer}"
+            credentials = self.service.credentials
+            assert credentials is not None  # the config allows no cert-less clients without
+            self.session = ClientSession(credentials=credentials)
+            self.peer_name = f"{credentials[0]} (password)@{peer}"
         else:
             self.peer_name = f"{self.identity.label}@{peer}"
         if not self.service.admit(self):
