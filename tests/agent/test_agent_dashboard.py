@@ -111,7 +111,7 @@ async def test_reconnect_now_cuts_a_long_backoff_short(pki: QuickstartPKI) -> No
     try:
         keeper = tunnel.agent.keeper
         keeper._backoff.jitter = False  # the wait is the full minute, not a random part of it
-        [conn] = list(tunnel.server.tunnels)
+        [conn] = list(tunnel.server.tunnels.live)
         conn.close_now("test: the server drops the agent")
         await wait_for(lambda: keeper.state is TunnelState.CONNECTING, within=5)
         assert (await press(tunnel, "reconnect", **PRESS)).status_code == 200

@@ -3,54 +3,26 @@
 Hosts on the agent.yaml ``direct:`` list (the intranet) are not carried by the
 tunnel: the agent connects to them itself, straight or through the corporate proxy
 when ``upstream_proxy:`` is set (the path is :func:`fluidity.agent.path.open_path`).
-:class:`DirectStream` gives that connection the interface of a
-:class:`~fluidity.transport.streams.TunnelStream` (``write``, ``write_eof``,
-``acknowledge``, ``abort``) and reports to the same
-:class:`~fluidity.transport.streams.StreamHandler` callbacks, so a client connection drives
+:class:`DirectStream` is that connection as a
+:class:`~fluidity.transport.socketstream.SocketStream`: the interface of a tunnel
+stream, with the same backpressure (:data:`WINDOW`), so a client connection drives
 both alike.
-
-Backpressure mirrors HTTP/2 flow control: bytes handed to the handler count as
-outstanding until it acknowledges them, and the socket stops being read while
-:data:`WINDOW` bytes are outstanding. Writes report a full socket buffer by
-returning False, and ``stream_drained`` follows once it empties.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import cast
-
 from fluidity.agent.path import attach, open_path
 from fluidity.config.upstream import UpstreamProxyConfig
-from fluidity.transport.sockopts import reset_transport, set_tcp_keepalive
+from fluidity.transport.socketstream import WINDOW, SocketStream
 from fluidity.transport.streams import StreamHandler
 
-# Bytes given to the handler and not yet acknowledged before the socket is paused:
-# the same order as one HTTP/2 stream window, so a direct route buffers no more
-# than a tunnelled one.
-WINDOW = 256 * 1024
-
-_Call = Callable[[StreamHandler], None]
+__all__ = ["WINDOW", "DirectStream"]
 
 
-class DirectStream(asyncio.Protocol):
-    """One direct TCP connection reporting to ``handler``.
+class DirectStream(SocketStream):
+    """One direct TCP connection reporting to ``handler`` (see ``SocketStream``)."""
 
-    The handler may hear from the target as soon as the connection is made, before
-    :meth:`open` returns (bytes that came with the proxy's CONNECT answer): like a
-    tunnel stream's opener, it holds what arrives until it knows the stream.
-    """
-
-    def __init__(self, authority: str, handler: StreamHandler) -> None:
-        self.authority = authority
-        self.handler: StreamHandler | None = handler
-        self.transport: asyncio.Transport | None = None
-        self._outstanding = 0
-        self._reading_paused = False
-        self._writing_paused = False
-        self._ended = {"in": False, "out": False}
-        self._closed = False  # the connection is gone or going
+    describe = "direct connection"
 
     @classmethod
     async def open(
@@ -71,95 +43,3 @@ class DirectStream(asyncio.Protocol):
         stream = cls(authority, handler)
         await attach(await open_path(upstream, host, port, timeout=timeout), stream)
         return stream
-
-    # -- the holder's side (as TunnelStream) ------------------------------------------
-
-    def write(self, data: bytes) -> bool:
-        """Send bytes; False means pause the source until ``stream_drained``."""
-        if self.transport is None or self._closed:
-            return True  # gone: the handler hears (or heard) stream_reset
-        self.transport.write(data)
-        return not self._writing_paused
-
-    def write_eof(self) -> None:
-        """Half-close after the queued bytes."""
-        if self.transport is None or self._closed or self._ended["out"]:
-            return
-        self._ended["out"] = True
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self._close_if_done()
-
-    def acknowledge(self, size: int) -> None:
-        """``size`` bytes were passed on: read more once under half the window."""
-        self._outstanding -= size
-        if self._reading_paused and self._outstanding < WINDOW // 2 and not self._closed:
-            self._reading_paused = False
-            if self.transport is not None:
-                self.transport.resume_reading()
-
-    def abort(self) -> None:
-        """Reset the connection; the handler hears nothing more."""
-        self._closed = True
-        self.handler = None
-        if self.transport is not None:
-            reset_transport(self.transport)  # a RST: the target must not take a cut for an end
-
-    def finish(self) -> None:
-        """Close the connection in order (FIN) after complete exchanges; the handler
-        hears nothing more."""
-        self._closed = True
-        self.handler = None
-        if self.transport is not None:
-            self.transport.close()
-
-    @property
-    def tunnel_alive(self) -> bool:
-        """Always True: there is no tunnel to lose, so a broken direct connection is a
-        lost upstream, never a reason to replay the request on a new tunnel."""
-        return True
-
-    # -- the connection's side (asyncio.Protocol) -------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        set_tcp_keepalive(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._outstanding += len(data)
-        if self._outstanding >= WINDOW and not self._reading_paused:
-            self._reading_paused = True
-            cast(asyncio.Transport, self.transport).pause_reading()
-        self._report(lambda handler: handler.stream_data(data))
-
-    def eof_received(self) -> bool:
-        self._ended["in"] = True
-        self._report(lambda handler: handler.stream_ended())
-        self._close_if_done()
-        return True  # keep the socket open: our side may still be sending
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if all(self._ended.values()) and exc is None:
-            return  # ended both ways: the handler heard everything already
-        reason = f"direct connection to {self.authority} lost: {exc or 'closed'}"
-        self._report(lambda handler: handler.stream_reset(reason))
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        self._report(lambda handler: handler.stream_drained())
-
-    # -- internals --------------------------------------------------------------------
-
-    def _report(self, call: _Call) -> None:
-        if self.handler is not None:  # None once the holder aborted
-            call(self.handler)
-
-    def _close_if_done(self) -> None:
-        if all(self._ended.values()) and self.transport is not None:
-            self.transport.close()

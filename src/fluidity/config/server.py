@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fluidity.config.fields import Section, check_order
+from fluidity.config.httpsproxy import HttpsProxyConfig
 from fluidity.config.load import load_config
 from fluidity.config.rebalance import RebalanceConfig
 from fluidity.config.values import (
@@ -148,6 +149,7 @@ class ServerConfig(Section):
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     limits: LimitsConfig = LimitsConfig()
     websocket: ServerWebSocket = ServerWebSocket()
+    https_proxy: HttpsProxyConfig = HttpsProxyConfig()  # noqa: RUF009 (frozen, from a module)
     keepalive_interval: float = field(default=15.0, metadata={"positive": True})
     keepalive_timeout: float = field(default=10.0, metadata={"positive": True})
     drain_timeout: float = field(default=20.0, metadata={"non_negative": True})

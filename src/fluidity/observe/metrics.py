@@ -95,7 +95,8 @@ class Metrics:
         )
         self.streams_opened = Counter(
             "fluidity_streams_opened",
-            "Tunnel streams opened, by kind (agent: connect, forward, socks; server: connect).",
+            "Streams opened, by kind (agent: connect, forward, socks; server: connect, and "
+            "connect, forward from its HTTPS proxy).",
             ["kind"],
             registry=reg,
         )

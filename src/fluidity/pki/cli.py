@@ -59,6 +59,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_name(client)
     _add_days(client)
     _add_force(client, "replace an existing NAME.crt/NAME.key")
+    client.add_argument(
+        "--p12",
+        action="store_true",
+        help="also write NAME.p12 (key, certificate and CA) for browsers and OS stores",
+    )
+    client.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="with --p12: the environment variable holding its password (default: a prompt)",
+    )
 
     listing = _command(commands, "list", _run_list, "list certificates with expiry and revocation")
     listing.add_argument(
@@ -145,9 +155,40 @@ def _run_server(args: argparse.Namespace) -> int:
 def _run_client(args: argparse.Namespace) -> int:
     from fluidity.pki import certs
 
+    if args.password_env and not args.p12:
+        raise CertificateError("--password-env is the password of --p12: add --p12")
+    password = _p12_password(args.password_env) if args.p12 else None
     files = certs.issue_client(args.dir, args.name, force=args.force, days=args.days)
     _print_issued("client", files)
+    if password is not None:
+        from fluidity.pki.bundle import write_pkcs12
+
+        bundle = write_pkcs12(args.dir, args.name, password)
+        print(f"  PKCS#12 bundle: {bundle} (mode 0600; import it into a browser or OS store)")
     return EXIT_OK
+
+
+def _p12_password(variable: str | None) -> str:
+    """The bundle's password: from ``variable`` if named, else typed twice at a prompt."""
+    if variable:
+        value = os.environ.get(variable)
+        if not value:
+            raise CertificateError(
+                f"--password-env: environment variable {variable} is not set or empty; export it"
+            )
+        return value
+    import getpass
+
+    try:
+        first = getpass.getpass("PKCS#12 password: ")
+        again = getpass.getpass("again: ")
+    except (EOFError, KeyboardInterrupt) as exc:
+        raise CertificateError("no PKCS#12 password given: use --password-env VAR") from exc
+    if first != again:
+        raise CertificateError("the two passwords differ: run the command again")
+    if not first:
+        raise CertificateError("the PKCS#12 bundle needs a password (it holds the private key)")
+    return first
 
 
 def _run_list(args: argparse.Namespace) -> int:

@@ -103,7 +103,16 @@ class ServerConnection(TunnelConnection):
             log.info("agent disconnected: %s (%s)", self.peer_name, self.closed.result())
 
 
-def close_revoked(connections: Iterable[ServerConnection], crl: FileOrPem) -> None:
+class Revocable(Protocol):
+    """A live connection that a revoked certificate ends: a tunnel, or an HTTPS proxy client."""
+
+    identity: ClientIdentity
+    peer_name: str
+
+    def close(self, reason: str = "") -> None: ...
+
+
+def close_revoked(connections: Iterable[Revocable], crl: FileOrPem) -> None:
     """End each of ``connections`` whose client certificate the CRL ``crl`` lists.
 
     An unreadable or malformed CRL is logged and closes nothing: the reload that

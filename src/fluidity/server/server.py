@@ -14,7 +14,9 @@ the front door's ``Handoff``, which gives each connection to the direct
 transport (h2, TLS 1.3, verified client certificate) or to the WebSocket
 transport (whose inner mTLS handshake uses the reloadable inner context); the
 client allow-list and the tunnel limits apply to the tunnel connection either
-way, since both paths end in the same ``ServerConnection``.
+way, since both paths end in the same ``ServerConnection``. With ``https_proxy``
+on, the front door also hands proxy clients with no agent to the
+``HttpsProxyService`` (``fluidity.server.httpsproxy``), which shares the dialer.
 
 Shutdown drains: the listener closes, new streams are refused with
 REFUSED_STREAM (the agent retries them elsewhere), open streams finish up to
@@ -30,8 +32,7 @@ import time
 from pathlib import Path
 
 from fluidity.config.server import ServerConfig
-from fluidity.config.values import Address
-from fluidity.errors import ConfigError, HandshakeError, TunnelError
+from fluidity.errors import HandshakeError, TunnelError
 from fluidity.lifecycle.cloudwatch import Activity, MetricsPublisher
 from fluidity.observe.expiry import DAY, ExpiryWatch, Sources
 from fluidity.observe.metrics import Metrics, Snapshot
@@ -43,6 +44,8 @@ from fluidity.protocol.tunnel import Side
 from fluidity.server.connection import ServerConnection, close_revoked
 from fluidity.server.console import ServerConsole
 from fluidity.server.dialer import Dialer, DialSettings
+from fluidity.server.httpsproxy import HttpsProxyService
+from fluidity.server.listeners import cannot_listen, open_websocket_listener
 from fluidity.server.policyreload import ConfigFile, PolicyReloader
 from fluidity.server.rebalance import Rebalancer
 from fluidity.server.reload import ReloadableContext
@@ -86,6 +89,12 @@ class Server:
             CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.reset_after),
         )
         self.streams = StreamService(dialer, self.metrics)
+        # The server as an HTTPS proxy for clients with no agent (https_proxy: opt-in).
+        self.https_proxy = (
+            HttpsProxyService(config, dialer, self.metrics, self.clients, self._handoff_refused)
+            if config.https_proxy.enabled
+            else None
+        )
         # One rate budget for every failed handshake, whichever listener or layer saw it.
         self.failures = FailureLog()
         self.acceptor = TLSListener(
@@ -153,7 +162,7 @@ class Server:
         try:
             self.address = await self.acceptor.start(listen.host, listen.port)
         except OSError as exc:
-            raise _cannot_listen("listen", listen, exc) from exc
+            raise cannot_listen("listen", listen, exc) from exc
         if self.config.tls.reload_interval > 0:
             self._watcher = loop.create_task(
                 self.tls.watch(self.config.tls.reload_interval), name="tls-reload-watch"
@@ -172,8 +181,17 @@ class Server:
             if self.config.websocket.enabled
             else "",
         )
+        if self.https_proxy is not None:
+            log.info("HTTPS proxy on the same port: %s", self.https_proxy.admits)
         if self.config.websocket.listen is not None:
-            await self._start_websocket_listener(self.config.websocket.listen)
+            secure = self.contexts.websocket is not None
+            self._websocket_listener, self.websocket_address = await open_websocket_listener(
+                self.config,
+                self._websocket_context if secure else None,
+                self._make_link,
+                self.failures,
+                self.metrics,
+            )
 
     def _start_upkeep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Expiry warnings now and every few hours; the config file's watcher."""
@@ -182,39 +200,6 @@ class Server:
         interval = self.config.tls.reload_interval
         if self.policy is not None and interval > 0:
             self._upkeep.append(loop.create_task(self.policy.watch(interval), name="config-watch"))
-
-    async def _start_websocket_listener(self, listen: Address) -> None:
-        """The ``websocket.listen`` listener: the WebSocket transport alone, over TLS with
-        ``websocket.cert`` or plain HTTP behind a TLS-terminating load balancer."""
-        secure = self.contexts.websocket is not None
-        try:
-            if secure:
-                # Its own TLS acceptor: the public context current at each handshake
-                # (reloaded with the rest), failures counted and logged like the main port's.
-                listener = TLSListener(
-                    self._websocket_context,
-                    self._make_link,
-                    self.config.limits.handshake_timeout,
-                    failures=self.failures,
-                    on_failure=self.metrics.handshake_failed,
-                )
-                self._websocket_listener = listener
-                self.websocket_address = await listener.start(listen.host, listen.port)
-            else:
-                server = await asyncio.get_running_loop().create_server(
-                    self._make_link, listen.host, listen.port, backlog=1024
-                )
-                self._websocket_listener = server
-                sockname = server.sockets[0].getsockname()
-                self.websocket_address = (sockname[0], sockname[1])
-        except OSError as exc:
-            raise _cannot_listen("websocket.listen", listen, exc) from exc
-        log.info(
-            "fluidity server: WebSocket transport on %s:%d at %s (%s)",
-            *self.websocket_address,
-            self.config.websocket.path,
-            "TLS with websocket.cert" if secure else "plain HTTP, for a TLS-terminating proxy",
-        )
 
     def _websocket_context(self) -> ssl.SSLContext:
         context = self.tls.current.websocket
@@ -251,13 +236,17 @@ class Server:
             async with asyncio.timeout(timeout):
                 # Streams end in protocol callbacks; a short poll keeps them free of
                 # shutdown bookkeeping on the hot path.
-                while self._open_streams() or self.streams.dials:  # noqa: ASYNC110
+                while (  # noqa: ASYNC110
+                    not self._proxy_drained() or self._open_streams() or self.streams.dials
+                ):
                     await asyncio.sleep(0.05)
         except TimeoutError:
             log.warning(
                 "drain deadline passed with %d streams open: closing them", self._open_streams()
             )
         self.streams.abort()
+        if self.https_proxy is not None:
+            self.https_proxy.close()
         # GOAWAY and TLS close to every agent at once, and wait for them (bounded):
         # a server that returned now would leave sockets open behind it.
         await asyncio.gather(
@@ -274,7 +263,11 @@ class Server:
 
     def activity(self) -> Activity:
         """Active agents, active streams and the last time a stream opened."""
-        return self.tunnels.activity()
+        tunnels = self.tunnels.activity()
+        proxies = len(self.https_proxy.connections) if self.https_proxy is not None else 0
+        return Activity(
+            tunnels.active_connections + proxies, tunnels.active_streams, tunnels.last_activity
+        )
 
     # -- what the dashboard reads (fluidity.server.console) ----------------
 
@@ -305,16 +298,27 @@ class Server:
         )
 
     def _tls_reloaded(self) -> None:
-        """After a TLS reload: end the live tunnels whose client certificate the CRL now
-        lists, and check the new files' expiry dates."""
+        """After a TLS reload: end the live tunnels and HTTPS proxy connections whose
+        client certificate the CRL now lists, and check the new files' expiry dates."""
         crl = self.config.tls.crl
-        if crl is not None and self._connections:
-            close_revoked(self._connections, crl)
+        proxies = self.https_proxy.connections if self.https_proxy is not None else set()
+        if crl is not None and (self._connections or proxies):
+            close_revoked([*self._connections, *proxies], crl)
         self.expiry.refresh_and_check()
 
     def _make_handoff(self) -> Handoff:
         make_link = self._make_link if self.config.websocket.enabled else None
-        return Handoff(self._make_connection, make_link, self._handoff_refused)
+        make_proxy = self.https_proxy.make if self.https_proxy is not None else None
+        return Handoff(
+            self._make_connection,
+            make_link,
+            self._handoff_refused,
+            make_proxy,
+            self.config.limits.handshake_timeout,
+        )
+
+    def _proxy_drained(self) -> bool:
+        return self.https_proxy is None or self.https_proxy.drained()
 
     def _handoff_refused(self, peer: str, problem: HandshakeError) -> None:
         """The main port turned a connection away right after its TLS handshake (h2
@@ -364,11 +368,3 @@ def _expiring(config: ServerConfig) -> Sources:
     """What the expiry warnings watch: the certificate, the CA and the CRL."""
     tls = config.tls
     return (("server", tls.cert), ("ca", tls.ca), ("crl", tls.crl))
-
-
-def _cannot_listen(key: str, address: Address, exc: OSError) -> ConfigError:
-    where = "--listen or listen: in server.yaml" if key == "listen" else f"{key}: in server.yaml"
-    return ConfigError(
-        f"{key}: cannot listen on {address}: {exc.strerror or exc}; "
-        f"choose another address with {where}"
-    )

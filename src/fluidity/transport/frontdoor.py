@@ -12,6 +12,10 @@ One port serves both transports. The main listener's TLS context offers ALPN
   transport, whose inner TLS 1.3 handshake demands and verifies the client
   certificate with the unchanged ``server_context``. So no path into the
   tunnel skips client authentication.
+* with ``https_proxy`` on, ``http/1.1`` or no ALPN may also be a client using the
+  server as an HTTPS proxy (``fluidity.server.httpsproxy``, which checks its
+  certificate or credentials); when the WebSocket transport is on too, the
+  first request line tells the two apart (``fluidity.transport.proxydoor``).
 
 Why ALPN and not an SNI callback: the agent's two transports reach the same
 name, and ALPN is what already differs. A *public* certificate for the
@@ -34,6 +38,7 @@ from fluidity.errors import ConfigError, HandshakeError, TunnelError
 from fluidity.protocol.tunnel import Side
 from fluidity.protocol.wschannel import WebSocketChannel
 from fluidity.transport.innertransport import deliver
+from fluidity.transport.proxydoor import FirstRequest
 from fluidity.transport.tls import (
     ALPN,
     certificate_names,
@@ -59,8 +64,10 @@ class ServerContexts:
 def server_contexts(config: ServerConfig) -> ServerContexts:
     """Build the contexts for ``config``; ``ConfigError`` if a public certificate meant
     for the main port shares a name with ``tls.cert``."""
-    tls, ws = config.tls, config.websocket
-    main = listener_context(tls.ca, tls.cert, tls.key, tls.crl, websocket=ws.enabled)
+    tls, ws, proxy = config.tls, config.websocket, config.https_proxy
+    main = listener_context(
+        tls.ca, tls.cert, tls.key, tls.crl, websocket=ws.enabled, https_proxy=proxy.enabled
+    )
     inner = server_context(tls.ca, tls.cert, tls.key, tls.crl)
     public = websocket_context(ws.cert, ws.key) if ws.cert and ws.key else None
     if public is not None and ws.cert is not None and ws.listen is None and ws.enabled:
@@ -104,7 +111,9 @@ RefusalCallback = Callable[[str, HandshakeError], None]
 
 class Handoff(asyncio.Protocol):
     """The main listener's protocol once TLS is up: hands each connection to the direct
-    transport (a tunnel connection) or the WebSocket transport (a link) by its ALPN.
+    transport (a tunnel connection) by ALPN ``h2``, else to the WebSocket transport (a
+    link) or the HTTPS proxy (``make_proxy``, when on), by its first request line
+    when both are on (``fluidity.transport.proxydoor``).
 
     Whatever reaches the hand-off itself (bytes the TLS acceptor held back and
     replays, an end of stream) goes on to the protocol it chose.
@@ -115,9 +124,13 @@ class Handoff(asyncio.Protocol):
         make_connection: Callable[[], asyncio.BaseProtocol],
         make_link: Callable[[], WebSocketLink] | None,
         on_refused: RefusalCallback,
+        make_proxy: Callable[[], asyncio.BaseProtocol] | None = None,
+        sniff_timeout: float = 10.0,
     ) -> None:
         self._make_connection = make_connection
         self._make_link = make_link
+        self._make_proxy = make_proxy
+        self._sniff_timeout = sniff_timeout
         self._on_refused = on_refused
         self._target: asyncio.BaseProtocol | None = None
 
@@ -143,11 +156,16 @@ class Handoff(asyncio.Protocol):
         pass  # after the hand-off the transport reports to the target itself
 
     def _choose(self, transport: asyncio.BaseTransport) -> asyncio.BaseProtocol | None:
-        if self._make_link is None:  # WebSocket transport off: the direct one, as always
+        link, proxy = self._make_link, self._make_proxy
+        if link is None and proxy is None:  # only the direct transport, as always
             return self._make_connection()
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN:
-            return self._make_link()
+            if link is not None and proxy is not None:
+                return FirstRequest(link, proxy, self._sniff_timeout)
+            chosen = link if link is not None else proxy
+            assert chosen is not None, "checked above: not both None"
+            return chosen()
         problem = direct_problem(transport)
         if problem is not None:
             self._on_refused(_peer(transport), problem)

@@ -68,7 +68,13 @@ def server_context(
 
 
 def listener_context(
-    ca: Source, cert: Source, key: Source, crl: Source | None = None, *, websocket: bool
+    ca: Source,
+    cert: Source,
+    key: Source,
+    crl: Source | None = None,
+    *,
+    websocket: bool,
+    https_proxy: bool = False,
 ) -> ssl.SSLContext:
     """The main listener's context: ``server_context``, or with ``websocket`` one that
     also accepts the WebSocket transport on the same port.
@@ -79,10 +85,13 @@ def listener_context(
     ``http/1.1`` (or no ALPN: some proxies send none) carries a WebSocket whose
     binary messages hold the inner TLS 1.3 handshake, made with ``server_context``.
     A presented certificate is always verified (and checked against the CRL).
+    With ``https_proxy`` the same holds for ``http/1.1``: the server's HTTPS proxy
+    checks the certificate (or the credentials) itself, after the handshake.
     """
     context = server_context(ca, cert, key, crl)
     if websocket:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if websocket or https_proxy:
         context.verify_mode = ssl.CERT_OPTIONAL
         context.set_alpn_protocols([ALPN, ALPN_HTTP1])
     return context
