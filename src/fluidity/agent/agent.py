@@ -23,7 +23,10 @@ from fluidity import __version__
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
+from fluidity.agent.listener import BatchListener
+from fluidity.agent.listener import listen as listen_on
 from fluidity.agent.path import open_path
+from fluidity.agent.pool import TunnelPool
 from fluidity.agent.routes import WebSocketSettings
 from fluidity.config.agent import AgentConfig
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
@@ -43,6 +46,9 @@ STATUS_PATH = "/fluidity/status"
 PAC_PATH = "/proxy.pac"
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
 CLOSE_GRACE = 2.0  # seconds the server has to answer the tunnel's TLS close on shutdown
+# Connections the kernel queues before the agent accepts them (capped by
+# net.core.somaxconn): room for a burst of a thousand clients at once.
+LISTEN_BACKLOG = 4096
 
 
 class Agent:
@@ -85,6 +91,11 @@ class Agent:
             transport=config.transport,
             websocket=websocket,
         )
+        self.tunnels = TunnelPool(
+            self.keeper,
+            max_tunnels=config.max_tunnels,
+            idle_timeout=config.extra_tunnel_idle_timeout,
+        )
         self.clients: set[ClientConnection] = set()
         # Clients on loopback need no TCP keepalive (the kernel sees both ends),
         # which spares every new client connection a handful of syscalls.
@@ -95,7 +106,7 @@ class Agent:
         )
         self.started = time.time()
         self.address: tuple[str, int] | None = None
-        self._listener: asyncio.Server | None = None
+        self._listener: asyncio.Server | BatchListener | None = None
         self._keeper_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -111,10 +122,8 @@ class Agent:
             self.keeper.host = await control.wait_until_ready(progress=log.info)
         listen = self.config.listen
         try:
-            # The default reuse_address is right on each platform: SO_REUSEADDR on
-            # POSIX; never on Windows, where it would let another program take the port.
-            self._listener = await loop.create_server(
-                self._make_client, listen.host, listen.port, backlog=1024
+            self._listener = await listen_on(
+                self._make_client, listen.host, listen.port, backlog=LISTEN_BACKLOG
             )
         except OSError as exc:
             raise ConfigError(
@@ -171,6 +180,7 @@ class Agent:
         if self._keeper_task is not None:
             self._keeper_task.cancel()
             await asyncio.gather(self._keeper_task, return_exceptions=True)
+        await self.tunnels.close()
         await self._tunnel_closed()
         await self._kill_cloud_server()
         if self._listener is not None:
@@ -238,10 +248,11 @@ class Agent:
             if keeper.connected_since
             else None,
             "reconnects": keeper.reconnects,
+            "tunnels": self.tunnels.tunnels,
             "client_connections": len(self.clients),
             "streams": self._streams_by_kind(),
-            "bytes_in": keeper.bytes_in,
-            "bytes_out": keeper.bytes_out,
+            "bytes_in": self.tunnels.bytes_in,
+            "bytes_out": self.tunnels.bytes_out,
             "last_error": keeper.last_error or None,
             "upstream_proxy": mask_url(proxy.url)
             if (proxy := self.config.upstream_proxy)
@@ -259,12 +270,11 @@ class Agent:
 
     def _snapshot(self) -> Snapshot:
         """Live state for a metrics scrape."""
-        conn = self.keeper.connection
         return Snapshot(
-            tunnel_connections=1 if conn is not None and conn.is_usable else 0,
+            tunnel_connections=self.tunnels.tunnels,
             streams_active=self._streams_by_kind(),
-            bytes_received=self.keeper.bytes_in,
-            bytes_sent=self.keeper.bytes_out,
+            bytes_received=self.tunnels.bytes_in,
+            bytes_sent=self.tunnels.bytes_out,
             tunnel_state=self.keeper.state.value,
             tunnel_states=tuple(state.value for state in TunnelState),
             client_connections=len(self.clients),

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from fluidity.agent.keeper import TunnelKeeper
+from fluidity.agent.pool import TunnelPool
 from fluidity.config.agent import AgentConfig
 from fluidity.errors import (
     PathError,
@@ -82,6 +83,7 @@ class ClientHost(Protocol):
 
     config: AgentConfig
     keeper: TunnelKeeper
+    tunnels: TunnelPool
     metrics: Metrics
     routing: SplitRouting
     keepalive_clients: bool
@@ -263,7 +265,7 @@ class ClientConnection(asyncio.Protocol):
             self.kind = "direct"
             return await self.agent.open_direct(host, port, self)
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return await self.agent.keeper.open_stream(authority, self)
+        return await self.agent.tunnels.open_stream(authority, self)
 
     def _failed(self, status: int, reason: str, kind: str, started: float) -> None:
         elapsed = asyncio.get_running_loop().time() - started
