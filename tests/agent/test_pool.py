@@ -136,3 +136,53 @@ async def test_an_agent_stopping_closes_its_extra_tunnels(
             writer.close()
     finally:
         await tunnel.server.shutdown(drain_timeout=1.0)
+
+
+async def test_an_extra_tunnel_the_server_turns_away_is_not_dialled_again_at_once(
+    pki: QuickstartPKI, origin: RecordingOrigin
+) -> None:
+    """The server takes one tunnel (limits.max_tunnels 1): the agent's extra tunnel is
+    refused, the stream gets 503 saying so, and the next streams get the same answer
+    without another dial (for GROW_RETRY seconds)."""
+    limits = dataclasses.replace(
+        make_server_config(pki).limits, max_streams_per_tunnel=PER_TUNNEL, max_tunnels=1
+    )
+    tunnel = await start_tunnel(pki, server_changes={"limits": limits}, max_tunnels=3)
+    keeper = tunnel.agent.keeper
+    dials: list[object] = []
+    dial_extra = keeper.dial_extra
+
+    async def counted() -> object:
+        dials.append(None)
+        return await dial_extra()
+
+    keeper.dial_extra = counted  # type: ignore[method-assign,assignment]
+    try:
+        clients = [await open_tunnel(tunnel, origin) for _ in range(PER_TUNNEL)]
+        for _ in range(3):
+            refused = await http_request(tunnel.proxy_port, f"{origin.url}/bytes/10")
+            assert refused.status == 503, refused
+            assert "another could not be opened" in refused.error, refused.error
+        assert len(dials) == 1
+        assert tunnel.agent.tunnels.tunnels == 1
+        await close_all(clients)
+    finally:
+        await tunnel.close()
+
+
+async def test_a_lost_extra_tunnel_is_dropped_and_another_dialled_when_needed(
+    tunnel: Tunnel, origin: RecordingOrigin
+) -> None:
+    clients = [await open_tunnel(tunnel, origin) for _ in range(PER_TUNNEL + 1)]
+    pool = tunnel.agent.tunnels
+    lost = pool._extras[0]
+    lost.close_now("the test cuts it")
+    await wait_for(lambda: lost.closed.done(), WAIT)
+    assert pool.tunnels == 1
+    with pytest.raises(ConnectionResetError):  # its client is told: reset, not a clean end
+        async with asyncio.timeout(WAIT):
+            await clients[-1][0].read()
+    clients[-1][1].close()
+    replacement = await open_tunnel(tunnel, origin)
+    assert pool.tunnels == 2 and pool.extras_opened == 2
+    await close_all([*clients[:PER_TUNNEL], replacement])

@@ -118,6 +118,9 @@ class TunnelPool:
                 continue  # the last room went to another stream: look again
             except (TunnelClosed, StreamUnprocessed) as exc:
                 self._drop(conn, f"it cannot open streams: {exc}")
+                if extra is None:  # a new tunnel that carries nothing: the server
+                    # turned it away (limits.max_tunnels...); do not dial again at once
+                    self._grow_failed(f"the new tunnel could not carry a stream: {exc}")
         raise TunnelUnavailable(
             f"no tunnel to {self.keeper.address} took the stream after "
             f"{self.max_tunnels + 2} tries: every one is full or closing"
@@ -157,8 +160,7 @@ class TunnelPool:
         try:
             conn = await self.keeper.dial_extra()
         except TunnelError as exc:
-            self._grow_failure = (asyncio.get_running_loop().time(), str(exc))
-            log.warning("the tunnel is full and another could not be opened: %s", exc)
+            self._grow_failed(str(exc))
             raise TunnelUnavailable(f"the tunnel is full and another failed: {exc}") from exc
         self._grow_failure = None
         self._extras.append(conn)
@@ -173,6 +175,15 @@ class TunnelPool:
         )
         self._arm_sweeper()
         return conn
+
+    def _grow_failed(self, why: str) -> None:
+        self._grow_failure = (asyncio.get_running_loop().time(), why)
+        log.warning(
+            "the tunnel to %s is full and another could not be opened (next try in %g s): %s",
+            self.keeper.address,
+            GROW_RETRY,
+            why,
+        )
 
     def _grown(self, task: asyncio.Task[TunnelConnection]) -> None:
         self._growing = None
