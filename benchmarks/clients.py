@@ -66,9 +66,9 @@ def open_connection(proxy: tuple[str, int] | None, target: tuple[str, int]) -> s
     return sock
 
 
-def get_small(sock: socket.socket, host: bytes) -> None:
+def get_small(sock: socket.socket, host: bytes, path: bytes = b"/") -> None:
     """One GET on an open connection; reads the whole response (Content-Length)."""
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+    sock.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host))
     head, body = read_head(sock)
     if status_of(head) != 200:
         raise BenchmarkError(f"GET answered {head[:200]!r}")
@@ -147,6 +147,7 @@ def _wrk(
             f"-d{max(1, round(seconds))}s",
             "--timeout",
             "10s",
+            "--latency",
         ]
         argv += ["-s", str(script), f"http://{connect_to}/"]
         out = subprocess.run(
@@ -157,11 +158,17 @@ def _wrk(
         raise BenchmarkError(f"wrk failed ({out.returncode}): {out.stdout}{out.stderr}")
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out.stdout))
     bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out.stdout)
+    p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", out.stdout, re.MULTILINE)
     return {
         "rps": round(float(match.group(1))),
         "errors": errors + (int(bad.group(1)) if bad else 0),
+        "p99_ms": _ms(float(p99.group(1)), p99.group(2)) if p99 else None,
         "tool": "wrk",
     }
+
+
+def _ms(value: float, unit: str) -> float:
+    return round(value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
 
 
 async def _asyncio_load(
@@ -173,18 +180,20 @@ async def _asyncio_load(
     address = proxy or (LOOPBACK, http_port)
     deadline = time.monotonic() + seconds
     counts = [0, 0]  # done, errors
+    latencies: list[float] = []
 
     async def worker() -> None:
         try:
             async with asyncio.timeout(seconds + IO_TIMEOUT):
                 reader, writer = await asyncio.open_connection(*address)
                 try:
-                    while time.monotonic() < deadline:
+                    while (sent := time.monotonic()) < deadline:
                         writer.write(request)
                         head = await reader.readuntil(HEAD_END)
                         length = re.search(rb"(?i)content-length:\s*(\d+)", head)
                         await reader.readexactly(int(length.group(1)) if length else 0)
                         counts[0] += 1
+                        latencies.append(time.monotonic() - sent)
                 finally:
                     writer.close()
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
@@ -195,6 +204,7 @@ async def _asyncio_load(
     return {
         "rps": round(counts[0] / (time.monotonic() - start)),
         "errors": counts[1],
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 3) if latencies else None,
         "tool": "asyncio",
     }
 
@@ -303,13 +313,18 @@ def transfer_with_rss(
 def idle_tunnels(
     proxy: tuple[str, int], echo_port: int, count: int, pids: list[int]
 ) -> dict[str, float]:
-    """Hold ``count`` CONNECT tunnels to the echo origin open; the RSS they cost."""
+    """Hold ``count`` CONNECT tunnels to the echo origin open; the RSS they cost.
+
+    A tunnel the proxy refuses (any status but 200) is counted in ``refused``,
+    not held; any other failure raises.
+    """
     return asyncio.run(_idle(proxy, echo_port, count, pids))
 
 
 async def _idle(
     proxy: tuple[str, int], echo_port: int, count: int, pids: list[int]
 ) -> dict[str, float]:
+    refused: list[bytes] = []
     before = rss_bytes(pids)
     held: list[asyncio.StreamWriter] = []
     gate = asyncio.Semaphore(200)  # tunnels being opened at once
@@ -323,7 +338,8 @@ async def _idle(
             writer.write(request)
             head = await reader.readuntil(HEAD_END)
             if status_of(head) != 200:
-                raise BenchmarkError(f"idle tunnel {i}: CONNECT answered {head[:200]!r}")
+                refused.append(head)
+                return
             writer.write(b"ping")
             if await reader.readexactly(4) != b"ping":
                 raise BenchmarkError(f"idle tunnel {i}: the echo did not come back")
@@ -337,12 +353,16 @@ async def _idle(
     finally:
         for writer in held:
             writer.close()
+    held_count = count - len(refused)
+    if refused:
+        print(f"  {len(refused)} idle tunnels refused, the first: {refused[0][:200]!r}")
     return {
-        "tunnels": count,
+        "tunnels": held_count,
+        "refused": len(refused),
         "open_seconds": round(opened, 2),
         "rss_before_mb": round(before / MB, 1),
         "rss_total_mb": round(after / MB, 1),
-        "rss_per_tunnel_kib": round((after - before) / count / 1024, 2),
+        "rss_per_tunnel_kib": round((after - before) / max(held_count, 1) / 1024, 2),
     }
 
 

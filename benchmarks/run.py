@@ -1,7 +1,7 @@
 """Run every benchmark, side by side, in one run: ``python -m benchmarks.run [--smoke]``.
 
 Starts the origin, then each available system in turn (direct, fluidity,
-stunnel+tinyproxy), measures them all the same way, and writes
+pproxy-plaintext, stunnel+tinyproxy), measures them all the same way, and writes
 ``benchmarks/results/latest.json`` and ``latest.md``: medians, and ratios to
 the baselines measured in the same run. See benchmarks/README.md.
 """
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import clients, report, systems
+from benchmarks import clients, report, systems, warm
 from benchmarks.limits import raise_nofile
 
 RESULTS = Path(__file__).parent / "results"
@@ -42,6 +42,10 @@ class Plan:
     idle_tunnels: int
     idle_tunnels_baseline: int
     long_transfer_bytes: int
+    # idle tunnels through one agent against a server at its default stream limit
+    # (None) or a given one: the agent needs several tunnels (max_tunnels)
+    many_idle_tunnels: int
+    many_idle_stream_limit: int | None
 
 
 FULL = Plan(
@@ -56,6 +60,8 @@ FULL = Plan(
     # stunnel and tinyproxy spend a thread per connection: fewer suffice for a per-tunnel figure
     idle_tunnels_baseline=2_000,
     long_transfer_bytes=clients.GIB,
+    many_idle_tunnels=5_000,
+    many_idle_stream_limit=None,  # the server's default, 1,000 per tunnel
 )
 
 SMOKE = Plan(
@@ -69,10 +75,12 @@ SMOKE = Plan(
     idle_tunnels=100,
     idle_tunnels_baseline=50,
     long_transfer_bytes=32 * clients.MIB,
+    many_idle_tunnels=60,
+    many_idle_stream_limit=25,  # three tunnels, as 5,000 need at the default 1,000
 )
 
 # Every system's results carry these keys (None where a metric does not apply).
-METRICS = ("latency", "load", "bulk", "idle", "long_transfer")
+METRICS = ("latency", "warm", "load", "bulk", "idle", "long_transfer")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +105,7 @@ def fit_to_nofile(plan: Plan, nofile: int) -> Plan:
         plan,
         idle_tunnels=min(plan.idle_tunnels, room),
         idle_tunnels_baseline=min(plan.idle_tunnels_baseline, room),
+        many_idle_tunnels=min(plan.many_idle_tunnels, room),
     )
 
 
@@ -131,9 +140,32 @@ def run(plan: Plan, wanted: list[str], log: Callable[..., None]) -> dict[str, An
                 results["systems"][name] = measure(system, ports, plan, log)
                 # Everything here is CPU-bound: what else ran shows in these.
                 results["systems"][name]["load_average"] = [before, os.getloadavg()[0]]
+            if name == "fluidity":
+                results["systems"][name]["many_idle"] = many_idle(workdir, ports, plan, log)
     results["ratios"] = report.ratios(results["systems"])
     results["targets"] = report.targets(results["systems"], plan.idle_tunnels)
     return results
+
+
+def many_idle(
+    workdir: Path, ports: dict[str, int], plan: Plan, log: Callable[..., None]
+) -> dict[str, Any]:
+    """Idle tunnels through one agent against a server at its default stream limit,
+    on fresh processes: how many were refused, what they cost, how many tunnels."""
+    sub = workdir / "fluidity-many"
+    sub.mkdir()
+    limit = plan.many_idle_stream_limit
+    with systems.fluidity(sub, idle=plan.many_idle_tunnels, stream_limit=limit) as system:
+        assert system.proxy is not None
+        result: dict[str, Any] = clients.idle_tunnels(
+            system.proxy, ports["echo"], plan.many_idle_tunnels, system.pids
+        )
+        opened = system.logs["agent"].read_text(errors="replace").count("opened another")
+    result["asked"] = plan.many_idle_tunnels
+    result["stream_limit"] = limit or 1000
+    result["tunnel_connections"] = 1 + opened
+    log("  many idle tunnels", result)
+    return result
 
 
 def meta(plan: Plan) -> dict[str, Any]:
@@ -179,6 +211,8 @@ def start(
         return systems.direct(sub)
     if name == "fluidity":
         return systems.fluidity(sub, idle=plan.idle_tunnels)
+    if name == "pproxy-plaintext":
+        return systems.pproxy(sub, idle=plan.idle_tunnels_baseline)
     return systems.stunnel_tinyproxy(sub, idle=plan.idle_tunnels_baseline)
 
 
@@ -200,6 +234,10 @@ def measure(
         proxy, ports["http"], plan.latency_count, plan.latency_warmup
     )
     log("  latency", result["latency"])
+    result["warm"] = warm.warm_latency(
+        proxy, ports["http"], plan.latency_count, plan.latency_warmup
+    )
+    log("  warm", result["warm"])
     result["load"] = {}
     for connections in plan.load_connections:
         runs = [
@@ -210,6 +248,7 @@ def measure(
             "rps": clients.median_of([float(r["rps"]) for r in runs]),  # type: ignore[arg-type]
             "runs": [r["rps"] for r in runs],
             "errors": sum(int(r["errors"]) for r in runs),  # type: ignore[call-overload]
+            "p99_ms": _median_or_none([r["p99_ms"] for r in runs]),
             "tool": runs[0]["tool"],
         }
         log(f"  load at {connections} connections", result["load"][str(connections)])
@@ -234,6 +273,11 @@ def measure(
     log("  long transfer", result["long_transfer"])
     result["rss_after_all_mb"] = round(clients.rss_bytes(pids) / clients.MB, 1) if pids else None
     return result
+
+
+def _median_or_none(values: list[object]) -> float | None:
+    numbers = [float(v) for v in values if isinstance(v, int | float)]
+    return clients.median_of(numbers) if numbers else None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 * ``direct``: no proxy; the client talks to the origin itself (the ceiling).
 * ``fluidity``: ``fluidity server`` and ``fluidity agent`` processes, full mTLS
   (TLS 1.3, client certificates from a fresh private CA), uvloop when installed.
+* ``pproxy-plaintext``: pproxy, a Python (asyncio, uvloop) HTTP proxy, one process,
+  plaintext: the Python peer, with no TLS and no second hop.
 * ``stunnel+tinyproxy``: the classic C chain, built with the same certificates::
 
       client -> stunnel (client mode, mTLS) -> stunnel (server mode) -> tinyproxy -> origin
@@ -15,6 +17,7 @@ time and memory are measured.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -47,11 +50,15 @@ class System:
     pids: list[int] = field(default_factory=list)
     max_idle: int = 0  # how many idle tunnels to hold in the memory measurement (0: none)
     notes: str = ""
+    logs: dict[str, Path] = field(default_factory=dict)
 
 
 def available() -> dict[str, str]:
     """Which systems this machine can run, with a note for the missing ones."""
     found = {"direct": "", "fluidity": ""}
+    found["pproxy-plaintext"] = (
+        "" if importlib.util.find_spec("pproxy") else "not installed: pip install pproxy"
+    )
     missing = [tool for tool in ("stunnel4", "tinyproxy") if shutil.which(tool) is None]
     found["stunnel+tinyproxy"] = (
         f"not installed: {', '.join(missing)} (apt-get install stunnel4 tinyproxy)"
@@ -133,17 +140,24 @@ def direct(workdir: Path) -> Iterator[System]:
 
 
 @contextlib.contextmanager
-def fluidity(workdir: Path, *, idle: int) -> Iterator[System]:
-    """A fluidity server and agent as processes, sized for ``idle`` streams at once."""
+def fluidity(workdir: Path, *, idle: int, stream_limit: int | None = 0) -> Iterator[System]:
+    """A fluidity server and agent as processes, sized for ``idle`` streams at once.
+
+    ``stream_limit`` is the server's ``limits.max_streams_per_tunnel``: 0 (the
+    default) sizes one tunnel for every stream; ``None`` keeps the server's own
+    default (1,000), so that more streams need more tunnels (the agent's
+    ``max_tunnels``).
+    """
     pki = ensure_quickstart_pki(workdir / "pki")
     room = max(idle, 1000) + 1000  # idle tunnels plus the 1,000 load-test connections
-    server_cfg = {
+    server_cfg: dict[str, object] = {
         "listen": f"{LOOPBACK}:0",
         "tls": {"ca": str(pki.ca_cert), "cert": str(pki.server_cert), "key": str(pki.server_key)},
         "targets": {"allow": ["127.0.0.0/8"]},
-        "limits": {"max_streams_per_tunnel": room},
         "drain_timeout": 1.0,
     }
+    if stream_limit is not None:
+        server_cfg["limits"] = {"max_streams_per_tunnel": stream_limit or room}
     procs = Processes(workdir)
     try:
         server, server_log = procs.start(
@@ -173,6 +187,7 @@ def fluidity(workdir: Path, *, idle: int) -> Iterator[System]:
             [agent.pid, server.pid],
             max_idle=idle,
             notes=f"event loop: {_loop_name()}",
+            logs={"agent": agent_log, "server": server_log},
         )
     finally:
         procs.stop_all()
@@ -190,6 +205,36 @@ def _loop_name() -> str:
     except ImportError:
         return "asyncio (uvloop not installed)"
     return f"uvloop {uvloop.__version__}"
+
+
+@contextlib.contextmanager
+def pproxy(workdir: Path, *, idle: int) -> Iterator[System]:
+    """pproxy as a plaintext HTTP proxy (``-l http://``), on uvloop when installed."""
+    port = free_port()
+    procs = Processes(workdir)
+    try:
+        runner = str(Path(__file__).with_name("pproxy_run.py"))  # run from the workdir
+        argv = [sys.executable, runner, "-l", f"http://{LOOPBACK}:{port}"]
+        proc, log = procs.start("pproxy", argv)
+        wait_listening(port, proc, log)
+        yield System(
+            "pproxy-plaintext",
+            (LOOPBACK, port),
+            [proc.pid],
+            max_idle=idle,
+            notes=f"pproxy {_dist_version('pproxy')}, plaintext, event loop: {_loop_name()}",
+        )
+    finally:
+        procs.stop_all()
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
 
 
 @contextlib.contextmanager

@@ -148,7 +148,8 @@ class TooManyStreams(StreamError):
     """The tunnel already carries the server's maximum of concurrent streams.
 
     The server sets it (``limits.max_streams_per_tunnel``, sent as HTTP/2
-    MAX_CONCURRENT_STREAMS); the agent answers the client 503 until a stream ends.
+    MAX_CONCURRENT_STREAMS); the agent then opens another tunnel, and answers the
+    client 503 only once ``max_tunnels`` tunnels are all full, until a stream ends.
     """
 
     status = 503

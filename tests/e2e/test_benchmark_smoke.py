@@ -7,6 +7,7 @@ writes the JSON and Markdown results.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
-METRICS = ("latency", "load", "bulk", "idle", "long_transfer")
+METRICS = ("latency", "warm", "load", "bulk", "idle", "long_transfer")
 PROXIED_METRICS = {
     "latency": ("p50_ms", "p99_ms"),
     "bulk": ("mb_s", "cpu_s_per_gib"),
@@ -54,7 +55,9 @@ def test_every_system_reports_every_metric(results: dict[str, object]) -> None:
         assert len(measured["load"]) == 2
         for load in measured["load"].values():
             assert load["rps"] > 0
+            assert load["p99_ms"] > 0
         assert measured["bulk"]["mb_s"] > 0
+        assert measured["warm"]["tunnel"]["p50_ms"] > 0
 
 
 def test_the_proxies_report_cpu_and_memory(results: dict[str, object]) -> None:
@@ -75,14 +78,36 @@ def test_the_c_baseline_runs_when_installed(results: dict[str, object]) -> None:
     assert "stunnel+tinyproxy" in where
 
 
+def test_the_python_peer_runs_when_installed(results: dict[str, object]) -> None:
+    where = results["systems"] if importlib.util.find_spec("pproxy") else results["skipped"]
+    assert isinstance(where, dict)
+    assert "pproxy-plaintext" in where
+
+
+def test_idle_tunnels_beyond_one_tunnels_stream_limit_are_all_held(
+    results: dict[str, object],
+) -> None:
+    """The smoke plan asks for 60 at 25 streams per tunnel: the agent opens three."""
+    systems = results["systems"]
+    assert isinstance(systems, dict)
+    many = systems["fluidity"]["many_idle"]
+    assert many["refused"] == 0 and many["tunnels"] == many["asked"]
+    assert many["tunnel_connections"] == 3
+
+
 def test_ratios_targets_and_table_are_written(results: dict[str, object]) -> None:
     ratios = results["ratios"]
     assert isinstance(ratios, dict) and "direct" in ratios
     assert "one CONNECT stream, bulk (MB/s)" in ratios["direct"]
+    systems = results["systems"]
     targets = results["targets"]
-    assert isinstance(targets, list) and len(targets) == 5
-    assert all(t["measured"] is not None for t in targets)
+    assert isinstance(systems, dict) and isinstance(targets, list) and len(targets) == 13
+    for t in targets:  # measured unless it is a ratio to a baseline that did not run
+        assert (t["measured"] is None) == (t["needs"] is not None and t["needs"] not in systems)
+        assert t["met"] in (True, False, None)
     markdown = results["markdown"]
     assert isinstance(markdown, str)
     assert "| metric | direct | fluidity" in markdown
     assert "| target | measured | met |" in markdown
+    assert "socket errors at 50 connections" in markdown
+    assert "60 idle tunnels at 25 streams per tunnel: refused" in markdown

@@ -184,10 +184,12 @@ async def test_beyond_max_client_connections_a_client_gets_503_with_the_reason(
 async def test_beyond_the_servers_stream_limit_a_request_gets_503_naming_the_limit(
     pki: QuickstartPKI, origin: RecordingOrigin
 ) -> None:
-    """limits.max_streams_per_tunnel 2 (sent as MAX_CONCURRENT_STREAMS): a third
-    concurrent stream is refused by the agent at once with a 503 and the fix."""
+    """limits.max_streams_per_tunnel 2 (sent as MAX_CONCURRENT_STREAMS) and an agent
+    allowed one tunnel (max_tunnels 1): a third concurrent stream is refused by the
+    agent at once with a 503 and the fix. (With more tunnels allowed it would go on
+    another: tests/agent/test_pool.py.)"""
     limits = dataclasses.replace(make_server_config(pki).limits, max_streams_per_tunnel=2)
-    tunnel = await start_tunnel(pki, server_changes={"limits": limits})
+    tunnel = await start_tunnel(pki, server_changes={"limits": limits}, max_tunnels=1)
     try:
         held = [await connect_tunnel(tunnel, origin) for _ in range(2)]
         third = await http_request(tunnel.proxy_port, f"{origin.url}/bytes/10")

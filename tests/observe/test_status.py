@@ -59,6 +59,12 @@ def test_a_refused_certificate_and_a_reconnecting_tunnel_say_so() -> None:
     assert "streams     0 active" in waiting
 
 
+def test_extra_tunnels_show_only_when_there_are_some() -> None:
+    assert "tunnels" not in format_status({**CONNECTED, "tunnels": 1})
+    text = format_status({**CONNECTED, "tunnels": 3})
+    assert "  tunnels     3 connections to the server (max_tunnels)\n" in text
+
+
 @pytest.mark.parametrize(
     ("count", "text"),
     [

@@ -14,16 +14,27 @@ import ipaddress
 import json
 import logging
 import time
-import urllib.parse
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 from fluidity import __version__
 from fluidity.agent.client import ClientConnection
 from fluidity.agent.console import AgentConsole
 from fluidity.agent.direct import DirectStream
 from fluidity.agent.keeper import TunnelKeeper, TunnelState
+from fluidity.agent.listener import BatchListener
+from fluidity.agent.listener import listen as listen_on
+from fluidity.agent.local import (
+    Refuser,
+    describe_routes,
+    host_header_name,
+    is_loopback,
+    loop_name,
+    metrics_url,
+    proxy_credentials,
+)
 from fluidity.agent.path import Streams, open_path
+from fluidity.agent.pool import TunnelPool
 from fluidity.agent.routes import WebSocketSettings
 from fluidity.config.agent import AgentConfig
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
@@ -44,6 +55,9 @@ STATUS_PATH = "/fluidity/status"
 PAC_PATH = "/proxy.pac"
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
 CLOSE_GRACE = 2.0  # seconds the server has to answer the tunnel's TLS close on shutdown
+# Connections the kernel queues before the agent accepts them (capped by
+# net.core.somaxconn): room for a burst of a thousand clients at once.
+LISTEN_BACKLOG = 4096
 
 
 class Agent:
@@ -90,10 +104,15 @@ class Agent:
             transport=config.transport,
             websocket=websocket,
         )
+        self.tunnels = TunnelPool(
+            self.keeper,
+            max_tunnels=config.max_tunnels,
+            idle_timeout=config.extra_tunnel_idle_timeout,
+        )
         self.clients: set[ClientConnection] = set()
         # Clients on loopback need no TCP keepalive (the kernel sees both ends),
         # which spares every new client connection a handful of syscalls.
-        self.keepalive_clients = not _is_loopback(config.listen.host)
+        self.keepalive_clients = not is_loopback(config.listen.host)
         self.console = AgentConsole(self)  # the dashboard at / (fluidity.agent.console)
         # One mapping shared by every session (sessions keep it, not a copy).
         self._local_paths = MappingProxyType(
@@ -101,7 +120,7 @@ class Agent:
         )
         self.started = time.time()
         self.address: tuple[str, int] | None = None
-        self._listener: asyncio.Server | None = None
+        self._listener: asyncio.Server | BatchListener | None = None
         self._keeper_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
 
@@ -118,10 +137,8 @@ class Agent:
             self.keeper.host = await control.wait_until_ready(progress=log.info)
         listen = self.config.listen
         try:
-            # The default reuse_address is right on each platform: SO_REUSEADDR on
-            # POSIX; never on Windows, where it would let another program take the port.
-            self._listener = await loop.create_server(
-                self._make_client, listen.host, listen.port, backlog=1024
+            self._listener = await listen_on(
+                self._make_client, listen.host, listen.port, backlog=LISTEN_BACKLOG
             )
         except OSError as exc:
             raise ConfigError(
@@ -141,7 +158,7 @@ class Agent:
             *self.address,
             self.keeper.address,
             self.config.transport,
-            _describe_routes(self.config),
+            describe_routes(self.config),
             loop_name(loop),
         )
         self._keeper_task = loop.create_task(self.keeper.run(), name="tunnel-keeper")
@@ -183,6 +200,7 @@ class Agent:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tunnels.close()
         await self._tunnel_closed()
         await self._kill_cloud_server()
         if self._listener is not None:
@@ -251,16 +269,17 @@ class Agent:
             if keeper.connected_since
             else None,
             "reconnects": keeper.reconnects,
+            "tunnels": self.tunnels.tunnels,
             "client_connections": len(self.clients),
             "streams": self._streams_by_kind(),
-            "bytes_in": keeper.bytes_in,
-            "bytes_out": keeper.bytes_out,
+            "bytes_in": self.tunnels.bytes_in,
+            "bytes_out": self.tunnels.bytes_out,
             "last_error": keeper.last_error or None,
             "upstream_proxy": mask_url(proxy.url)
             if (proxy := self.config.upstream_proxy)
             else None,
             "event_loop": loop_name(asyncio.get_running_loop()),
-            "metrics": _metrics_url(self.metrics_server),
+            "metrics": metrics_url(self.metrics_server),
         }
 
     def _streams_by_kind(self) -> dict[str, int]:
@@ -272,12 +291,11 @@ class Agent:
 
     def _snapshot(self) -> Snapshot:
         """Live state for a metrics scrape."""
-        conn = self.keeper.connection
         return Snapshot(
-            tunnel_connections=1 if conn is not None and conn.is_usable else 0,
+            tunnel_connections=self.tunnels.tunnels,
             streams_active=self._streams_by_kind(),
-            bytes_received=self.keeper.bytes_in,
-            bytes_sent=self.keeper.bytes_out,
+            bytes_received=self.tunnels.bytes_in,
+            bytes_sent=self.tunnels.bytes_out,
             tunnel_state=self.keeper.state.value,
             tunnel_states=tuple(state.value for state in TunnelState),
             client_connections=len(self.clients),
@@ -295,13 +313,13 @@ class Agent:
             self.config.upstream_proxy, host, port, handler, timeout=timeout
         )
 
-    def _make_client(self) -> ClientConnection | _Refuser:
+    def _make_client(self) -> ClientConnection | Refuser:
         if len(self.clients) >= self.config.max_client_connections:
             log.warning(
                 "max_client_connections (%d) reached: refusing a client",
                 self.config.max_client_connections,
             )
-            return _Refuser()
+            return Refuser()
         session = FirstByteSession(http=self._http_session, socks=self._socks_session)
         client = ClientConnection(self, session)
         self.clients.add(client)
@@ -325,73 +343,5 @@ class Agent:
         assert self.address is not None  # requests arrive only once listening
         host, port = self.address
         if ipaddress.ip_address(host).is_unspecified:
-            host = _host_header_name(request) or "127.0.0.1"
+            host = host_header_name(request) or "127.0.0.1"
         return LocalResponse(200, PAC_TYPE, self.routing.pac_file(host, port).encode())
-
-
-class _Refuser(asyncio.Protocol):
-    """Answers 503 and closes: the agent is at its connection limit."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        body = b"fluidity agent: too many client connections (max_client_connections)\n"
-        transport.write(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-        )
-        transport.close()
-
-
-def _describe_routes(config: AgentConfig) -> str:
-    """For the start line: the corporate proxy (password masked) and the direct: list."""
-    parts = []
-    if config.upstream_proxy is not None:
-        parts.append(f" via upstream proxy {mask_url(config.upstream_proxy.url)}")
-    if config.direct:
-        parts.append(f"; direct: {', '.join(config.direct)}")
-    return "".join(parts)
-
-
-def _host_header_name(request: LocalRequest) -> str | None:
-    """The host name in the request's Host header, if it is a plain name or address."""
-    for name, value in request.headers:
-        if name.lower() == "host":
-            try:
-                host = urllib.parse.urlsplit(f"//{value.strip()}").hostname
-            except ValueError:
-                return None
-            if host and all(c.isalnum() or c in ".-:" for c in host):
-                return host
-    return None
-
-
-def loop_name(loop: asyncio.AbstractEventLoop) -> str:
-    """``uvloop``, or ``asyncio`` with the loop class (``SelectorEventLoop``...)."""
-    module = type(loop).__module__.split(".")[0]
-    return "uvloop" if module == "uvloop" else f"asyncio ({type(loop).__name__})"
-
-
-def _metrics_url(server: MetricsServer | None) -> str | None:
-    if server is None or server.address is None:
-        return None
-    return f"http://{server.address[0]}:{server.address[1]}/metrics"
-
-
-def proxy_credentials(config: AgentConfig) -> tuple[str, str] | None:
-    """Proxy credentials; required when the listener is reachable from other machines."""
-    if config.auth is not None:
-        return config.auth.username, config.auth.resolve_password()
-    if not _is_loopback(config.listen.host):
-        raise ConfigError(
-            f"listen: {config.listen} is reachable from other machines, so the proxy needs "
-            "credentials: set auth: {username: ..., password_env: ...} in agent.yaml, "
-            "or listen on 127.0.0.1"
-        )
-    return None
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from fluidity.agent.keeper import TunnelKeeper
+from fluidity.agent.pool import TunnelPool
 from fluidity.config.agent import AgentConfig
 from fluidity.errors import (
     FluidityError,
@@ -46,6 +47,7 @@ class ClientHost(Protocol):
 
     config: AgentConfig
     keeper: TunnelKeeper
+    tunnels: TunnelPool
     metrics: Metrics
     routing: SplitRouting
     keepalive_clients: bool
@@ -76,7 +78,7 @@ class ClientConnection(ProxyDriver):
         if self.agent.routing.route(host) == "direct":
             self.kind = "direct"
             return await self.agent.open_direct(host, port, self)
-        return await self.agent.keeper.open_stream(self.target, self)
+        return await self.agent.tunnels.open_stream(self.target, self)
 
     def _refusal(self, exc: FluidityError) -> Refusal | None:
         match exc:

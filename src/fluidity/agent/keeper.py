@@ -243,6 +243,14 @@ class TunnelKeeper:
                     self._draining.set()
                 refused = exc
 
+    async def dial_extra(self) -> TunnelConnection:
+        """One more connection to the same server, on the transport in use: for
+        ``fluidity.agent.pool`` when this one is full. Not kept by the keeper.
+
+        Raises the attempt's ``TunnelError``.
+        """
+        return await self._dialer.dial(self.host, self.transport)
+
     async def connect_once(self) -> None:
         """One attempt: connect, then carry the connection until it is lost.
 

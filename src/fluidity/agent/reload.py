@@ -29,7 +29,8 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from fluidity.agent.agent import Agent, proxy_credentials
+from fluidity.agent.agent import Agent
+from fluidity.agent.local import proxy_credentials
 from fluidity.config.agent import AgentConfig
 from fluidity.config.fields import changed_keys
 from fluidity.errors import ConfigError

@@ -118,6 +118,8 @@ class AgentConfig(Section):
     head_timeout: float = field(default=30.0, metadata={"positive": True})
     stream_idle_timeout: float = field(default=0.0, metadata={"non_negative": True})
     max_client_connections: int = field(default=4096, metadata={"min": 1})
+    max_tunnels: int = field(default=8, metadata={"min": 1})
+    extra_tunnel_idle_timeout: float = field(default=60.0, metadata={"positive": True})
     drain_timeout: float = field(default=20.0, metadata={"non_negative": True})
     auth: AuthConfig | None = None
     metrics: Address | None = None

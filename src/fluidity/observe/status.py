@@ -119,6 +119,8 @@ def format_status(status: Status) -> str:
         ),
         ("last error", status.get("last_error") or "none"),
     ]
+    if (tunnels := status.get("tunnels") or 0) > 1:  # extra tunnels: one was full
+        rows.insert(1, ("tunnels", f"{tunnels} connections to the server (max_tunnels)"))
     if status.get("metrics"):
         rows.append(("metrics", str(status["metrics"])))
     width = max(len(name) for name, _ in rows)

@@ -161,6 +161,11 @@ class TunnelProtocol:
             pass  # already closed: nothing more to say
 
     @property
+    def stream_limit(self) -> int:
+        """The peer's MAX_CONCURRENT_STREAMS: how many streams this side may have open."""
+        return int(self._h2.remote_settings.max_concurrent_streams)
+
+    @property
     def open_streams(self) -> int:
         return len(self._flow)
 

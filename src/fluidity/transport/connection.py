@@ -201,6 +201,20 @@ class TunnelConnection(asyncio.BufferedProtocol):
         )
 
     @property
+    def has_room(self) -> bool:
+        """Usable, with fewer streams open or opening than the peer's MAX_CONCURRENT_STREAMS.
+
+        A hint (cheap, no walk of h2's streams): ``open_stream`` may still raise
+        ``TooManyStreams`` for a stream the peer has not finished closing yet.
+        """
+        return self.is_usable and len(self._streams) < self._core.stream_limit
+
+    @property
+    def stream_limit(self) -> int:
+        """The peer's MAX_CONCURRENT_STREAMS."""
+        return self._core.stream_limit
+
+    @property
     def refused_by_peer(self) -> bool:
         """The peer ended the connection with an error GOAWAY: it turned us away."""
         return self.goaway is not None and self.goaway.error_code != ErrorCodes.NO_ERROR
