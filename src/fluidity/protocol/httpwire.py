@@ -1,7 +1,8 @@
 """HTTP/1.1 wire helpers for the agent's proxy core: pure functions over bytes and h11.
 
-Everything :mod:`fluidity.protocol.proxy` needs to read where a request goes, write
-the bytes the target and the client receive, and tell where a response ends:
+Everything :mod:`fluidity.protocol.proxy` needs to read where a request goes and write
+the bytes the target and the client receive (where a response ends is
+:mod:`fluidity.protocol.http1frame`'s):
 
 - :func:`parse_connect_target` and :func:`parse_absolute_target` read the target of
   ``CONNECT host:port`` and ``GET http://host[:port]/path``, raising
@@ -9,8 +10,6 @@ the bytes the target and the client receive, and tell where a response ends:
 - :func:`serialise_request_head` writes the origin-form head the target receives.
   h11 parses, but its writer moves ``Host`` to the front; we promise the client's
   header order, case, duplicates and values, minus the proxy-only headers;
-- :func:`framing_request` and :func:`read_response` drive the client-role h11
-  connection that tracks an upstream's framing (its bytes are never sent);
 - :func:`error_response` and :func:`local_response` write the agent's own answers;
 - :func:`credentials_match` checks ``Proxy-Authorization: Basic``.
 """
@@ -121,39 +120,6 @@ def serialise_request_head(
     )
     lines.append(b"\r\n")
     return b"".join(lines)
-
-
-def framing_request(request: h11.Request, target: ForwardTarget) -> h11.Request:
-    """The request as an upstream's client-role h11 is told it: only its framing matters.
-
-    Sending it teaches h11 the method (HEAD answers have no body), the body framing,
-    ``Connection: close`` and any ``Upgrade`` proposal. h11 writes HTTP/1.1 only and
-    wants a Host header, which an HTTP/1.0 request may lack: the target's stands in.
-    """
-    method, origin_target = request.method, target.origin_target
-    if any(name == b"host" for name, _ in request.headers):
-        return h11.Request(method=method, target=origin_target, headers=request.headers)
-    headers = [*request.headers.raw_items(), (b"Host", target.host.encode("ascii"))]
-    return h11.Request(method=method, target=origin_target, headers=headers)
-
-
-def read_response(conn: h11.Connection, data: bytes) -> object:
-    """Feed upstream bytes (``b""`` = EOF) to a client-role h11 and parse as far as they go.
-
-    Returns ``h11.EndOfMessage`` when the response ended (the bytes beyond it are in
-    ``conn.trailing_data``), ``h11.PAUSED`` when the origin switched protocols (101),
-    else ``h11.NEED_DATA``. Interim 1xx answers are passed over. Raises
-    ``h11.RemoteProtocolError`` when the response is broken or cut short by EOF.
-    """
-    conn.receive_data(data)
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA or event is h11.PAUSED:
-            return event
-        if isinstance(event, h11.EndOfMessage):
-            return h11.EndOfMessage
-        if isinstance(event, h11.ConnectionClosed):  # pragma: no cover - h11 raises first
-            raise h11.RemoteProtocolError("the connection closed before a response")
 
 
 def client_keeps_alive(request: h11.Request) -> bool:

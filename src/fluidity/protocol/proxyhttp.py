@@ -18,11 +18,11 @@ before answering gets the request replayed once on a new one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import h11
 
-from fluidity.errors import ProxyProtocolError
+from fluidity.errors import ProxyProtocolError, ResponseBroken
 from fluidity.protocol import httpwire
 from fluidity.protocol.httpwire import ForwardTarget
 from fluidity.protocol.proxyevents import (
@@ -34,7 +34,7 @@ from fluidity.protocol.proxyevents import (
     State,
     local_request,
 )
-from fluidity.protocol.proxyexchange import BodyEvent, Exchange, Progress, Upstream
+from fluidity.protocol.proxyexchange import Exchange, Progress, Upstream
 from fluidity.protocol.proxyrelay import RelaySession
 
 
@@ -105,9 +105,9 @@ class HttpSession(RelaySession):
                 except ProxyProtocolError as exc:
                     self._refuse(exc.status, str(exc))
             case h11.Data():
-                self._forward_body(h11.Data(data=bytes(event.data)))
+                self._forward_body(bytes(event.data))
             case h11.EndOfMessage():
-                self._forward_body(h11.EndOfMessage(headers=event.headers.raw_items()))
+                self._forward_body(None, event.headers.raw_items())
             case h11.ConnectionClosed():
                 self._close()
 
@@ -171,7 +171,6 @@ class HttpSession(RelaySession):
         ex = self._exchange = Exchange(request, target, "forward")
         up = self._upstream
         if up is not None and up.reusable_for(target):
-            up.conn.start_next_cycle()
             ex.reused_upstream = True
             self._state = State.FORWARDING
             self._emit(SendUpstream(ex.start(up)))
@@ -185,9 +184,10 @@ class HttpSession(RelaySession):
         self._state = State.OPENING
         self._emit(OpenUpstream(target.host, target.port, kind))
 
-    def _forward_body(self, event: BodyEvent) -> None:
-        up, ex = self._current()
-        data = ex.body(up, event)
+    def _forward_body(self, data: bytes | None, trailers: Sequence[httpwire.Header] = ()) -> None:
+        """A piece of the request body (``data``), or its end (None) with ``trailers``."""
+        _, ex = self._current()
+        data = ex.end(trailers) if data is None else ex.body(data)
         if data:
             self._emit(SendUpstream(data))
         if ex.request_complete:
@@ -206,7 +206,7 @@ class HttpSession(RelaySession):
         _, ex = self._current()
         try:
             to_client, progress = ex.response(up, data)
-        except h11.RemoteProtocolError as exc:
+        except ResponseBroken as exc:
             self._response_broken(up, ex, data, str(exc))
             return
         if to_client:
