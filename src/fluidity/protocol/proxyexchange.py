@@ -16,11 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import h11
-
 from fluidity.protocol import http1frame, httpwire
 from fluidity.protocol.http1frame import Progress, ResponseFramer
-from fluidity.protocol.httpwire import ForwardTarget
+from fluidity.protocol.httpwire import ForwardTarget, RequestHead
 
 __all__ = ["MAX_REPLAY_BYTES", "Exchange", "Progress", "Upstream"]
 
@@ -53,7 +51,7 @@ class Upstream:
 class Exchange:
     """One request and its response (``kind="forward"``), or one CONNECT."""
 
-    def __init__(self, request: h11.Request, target: ForwardTarget, kind: str) -> None:
+    def __init__(self, request: RequestHead, target: ForwardTarget, kind: str) -> None:
         self.request = request
         self.target = target
         self.kind = kind
@@ -62,7 +60,7 @@ class Exchange:
         self.reused_upstream = False
         self.retried = False
         self.pending_replay: bytes | None = None
-        self._headers = request.headers.raw_items()
+        self._headers = request.headers
         self._framer: ResponseFramer | None = None
         self._chunked = bool(httpwire.header_tokens(self._headers, b"transfer-encoding"))
         forward = kind == "forward"
@@ -89,8 +87,7 @@ class Exchange:
 
     def _new_framer(self, up: Upstream) -> None:
         up.persistent = False
-        upgrade = bool(httpwire.header_tokens(self._headers, b"upgrade"))
-        self._framer = ResponseFramer(self.request.method, upgrade=upgrade)
+        self._framer = ResponseFramer(self.request.method, upgrade=self.request.upgrade)
 
     def body(self, data: bytes) -> bytes:
         """The wire bytes for a piece of the request body."""
