@@ -61,6 +61,8 @@ from fluidity.transport.streams import StreamHandler
 
 log = logging.getLogger(__name__)
 
+_TIMER_SLACK = 0.005  # seconds
+
 
 class Upstream(Protocol):
     """What a client connection holds: a ``TunnelStream`` or a ``DirectStream``."""
@@ -102,6 +104,7 @@ class ClientConnection(asyncio.Protocol):
         self.kind = "idle"
         self._opening: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_since: float | None = None  # when the current wait for a head began
         self._client_paused = False  # the client's socket buffer is full
         self._stream_full = False  # the tunnel stream's send queue is full
         self._reading = True
@@ -210,7 +213,7 @@ class ClientConnection(asyncio.Protocol):
                     if self.stream is not None and not self.stream.write(data):
                         self._stream_full = True
                 case SendClient(data):
-                    self._cancel_head_timer()
+                    self._head_since = None  # an answer ends the wait; the next one is new
                     if self.transport is not None and not self._closed:
                         self.transport.write(data)
                 case OpenUpstream(host, port, kind):
@@ -305,18 +308,34 @@ class ClientConnection(asyncio.Protocol):
         """Time the wait for a request head whenever the session waits for one (idle).
 
         Armed once per wait, never extended by trickling bytes: a client
-        sending one byte a second still runs out of time.
+        sending one byte a second still runs out of time. One timer serves
+        many waits: a kept-alive connection waits after every response, and a
+        timer armed and cancelled each time cost one per request. The wait's
+        start is noted instead; the timer, when it fires, times out the wait
+        under way, or re-arms for what is left of it, or (busy) lapses until
+        the next wait arms it.
         """
-        waiting = self.session.idle and not self._closed
-        if not waiting:
-            self._cancel_head_timer()
-        elif self._head_timer is None:
-            loop = asyncio.get_running_loop()
+        if not self.session.idle or self._closed:
+            self._head_since = None
+            return
+        loop = asyncio.get_running_loop()
+        if self._head_since is None:
+            self._head_since = loop.time()
+        if self._head_timer is None:
             timeout = self.agent.config.head_timeout
-            self._head_timer = loop.call_later(timeout, self._on_head_timeout)
+            self._head_timer = loop.call_at(self._head_since + timeout, self._on_head_timeout)
 
     def _on_head_timeout(self) -> None:
         self._head_timer = None
+        if self._head_since is None or self._closed:
+            return  # busy since: the next wait arms a timer of its own
+        loop = asyncio.get_running_loop()
+        deadline = self._head_since + self.agent.config.head_timeout
+        # A later wait than the one this timer was armed for (a timer may also fire a
+        # little early: the loop's clock resolution).
+        if loop.time() + _TIMER_SLACK < deadline:
+            self._head_timer = loop.call_at(deadline, self._on_head_timeout)
+            return
         self.session.head_timed_out()
         self._pump()
 
