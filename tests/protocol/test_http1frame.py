@@ -209,3 +209,66 @@ def test_the_chunk_writer_produces_what_h11_reads_back() -> None:
             break
     assert body == b"hello world"
     assert trailers == [(b"T-One", b"1")]
+
+
+# -- differential: the framer ends every response where h11 does ---------------------------
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> tuple[bytes, bytes, bool]:
+    """(method, response bytes, close-delimited) for a well-formed response."""
+    method = draw(st.sampled_from([b"GET", b"HEAD", b"POST"]))
+    status = draw(st.sampled_from([200, 201, 204, 304, 404]))
+    framing = draw(st.sampled_from(["length", "chunked", "close"]))
+    pieces = draw(st.lists(st.binary(min_size=1, max_size=40), max_size=4))
+    interim = draw(st.booleans())
+    close = draw(st.booleans())
+    head = b"HTTP/1.1 %d X\r\n" % status
+    if close:
+        head += b"Connection: close\r\n"
+    body = b"".join(pieces)
+    no_body = method == b"HEAD" or status in (204, 304)
+    if framing == "length":
+        head += b"Content-Length: %d\r\n" % len(body)
+        wire = body
+    elif framing == "chunked":
+        head += b"Transfer-Encoding: chunked\r\n"
+        wire = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    else:
+        wire = body
+    response = head + b"\r\n" + (b"" if no_body else wire)
+    if interim:
+        response = b"HTTP/1.1 100 Continue\r\n\r\n" + response
+    return method, response, framing == "close" and not no_body
+
+
+def h11_end(method: bytes, response: bytes, eof: bool) -> tuple[int, bool]:
+    """Where h11 ends the response, and whether it keeps the connection."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(response)
+    if eof:
+        conn.receive_data(b"")
+    while not isinstance(conn.next_event(), h11.EndOfMessage):
+        pass
+    return len(response) - len(conn.trailing_data[0]), conn.their_state is h11.DONE
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=responses(), cut=st.integers(min_value=0, max_value=400))
+def test_the_framer_ends_every_response_where_h11_does(
+    case: tuple[bytes, bytes, bool], cut: int
+) -> None:
+    method, response, close_delimited = case
+    end, persistent = h11_end(method, response, close_delimited)
+    framer = ResponseFramer(method)
+    cut %= len(response) + 1
+    pieces = [p for p in (response[:cut], response[cut:]) if p]  # b"" would be EOF
+    released, beyond = feed_all(framer, pieces)
+    if close_delimited:
+        framer.feed(b"")
+    assert framer.progress is Progress.ENDED
+    assert (len(released), beyond) == (end, b"")
+    # After a close-delimited body the upstream is gone whatever h11's state says.
+    assert framer.keep_alive is (persistent and not close_delimited)

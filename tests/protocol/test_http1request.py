@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import itertools
 
+import h11
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluidity.errors import ProxyProtocolError
 from fluidity.protocol.http1request import ClientClosed, ReadEvent, RequestEnd, RequestReader
-from fluidity.protocol.httpwire import RequestHead
+from fluidity.protocol.httpwire import Header, RequestHead
 
 GET = b"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\nX-Case: KeEp\r\n\r\n"
 POST = (
@@ -102,6 +103,7 @@ def test_an_upgrade_request_with_a_body_is_refused() -> None:
     [
         [b"BREW http://pot/ HTTP/1.1\r\nHost: pot\r\n\r\n"],
         [b"BR", b"EW", b" http://pot/ HTTP/1.1\r\nHost: pot\r\n\r\n"],
+        [b"B", b"REW http://pot/ HTTP/1.1\r\nHost: pot\r\n\r\n"],  # "B" could begin BIND
     ],
 )
 def test_an_extension_method_is_read_as_sent(pieces: list[bytes]) -> None:
@@ -173,3 +175,53 @@ def test_eof_between_requests_is_a_close_and_within_one_an_error() -> None:
     reader.feed_eof()
     last = events(reader)[-1]
     assert isinstance(last, ProxyProtocolError) and last.status == 400
+
+
+# -- differential: well-formed requests read as h11 read them ------------------------------
+
+_NAMES = st.from_regex(rb"\A[A-Za-z][A-Za-z0-9-]{0,15}\Z").filter(
+    lambda n: n.lower() not in (b"host", b"content-length", b"transfer-encoding", b"connection")
+)
+_VALUES = st.from_regex(rb"\A[!-~]([ !-~]{0,20}[!-~])?\Z")
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"BREW", b"PATCH"]))
+    headers = draw(st.lists(st.tuples(_NAMES, _VALUES), max_size=5))
+    pieces = draw(st.lists(st.binary(min_size=1, max_size=30), max_size=3))
+    framing = draw(st.sampled_from(["none", "length", "chunked"]))
+    head = b"%s http://a.example/p?q=1 HTTP/1.1\r\nHost: a.example\r\n" % method
+    head += b"".join(b"%s: %s\r\n" % (n, v) for n, v in headers)
+    if framing == "length":
+        return head + b"Content-Length: %d\r\n\r\n" % len(b"".join(pieces)) + b"".join(pieces)
+    if framing == "chunked":
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+        return head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\nT: 1\r\n\r\n"
+    return head + b"\r\n"
+
+
+def h11_read(data: bytes) -> tuple[tuple[bytes, bytes, list[Header]], bytes, list[Header]]:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data)
+    request = conn.next_event()
+    assert isinstance(request, h11.Request)
+    body = b""
+    while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+        assert isinstance(event, h11.Data)
+        body += event.data
+    head = (request.method, request.target, list(request.headers.raw_items()))
+    return head, body, list(event.headers.raw_items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=requests(), cut=st.integers(min_value=0, max_value=500))
+def test_a_well_formed_request_reads_as_h11_read_it(data: bytes, cut: int) -> None:
+    cut %= len(data) + 1
+    taken, _ = read(*[p for p in (data[:cut], data[cut:]) if p])
+    head, *rest = merge_body(taken)
+    assert isinstance(head, RequestHead) and isinstance(rest[-1], RequestEnd)
+    body = rest[0] if isinstance(rest[0], bytes) else b""
+    h11_head, h11_body, h11_trailers = h11_read(data)
+    assert (head.method, head.target, head.headers) == h11_head
+    assert (body, list(rest[-1].trailers)) == (h11_body, h11_trailers)

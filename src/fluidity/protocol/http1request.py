@@ -84,6 +84,9 @@ class RequestReader:
         self._failure: ProxyProtocolError | None = None
         self._method: bytes | None = None  # an extension method llhttp was shown as POST
         self._stash = b""  # the start of a request line with an unknown method
+        # The bytes of a request line whose method is not read yet (None: where it
+        # began is unknown, another request ended in the same read).
+        self._line: bytes | None = b""
         self.rest: bytes | None = None  # set once the reader stopped (CONNECT, upgrade)
 
     # -- what the session calls -----------------------------------------------------------
@@ -130,6 +133,7 @@ class RequestReader:
         except httptools.HttpParserError as exc:
             self._fail(_translate(exc))
         else:
+            self._note_line(data)
             self._check_head_size()
 
     def feed_eof(self) -> None:
@@ -150,9 +154,9 @@ class RequestReader:
         False when the method is no token, or when another request ended earlier in
         the same read: where this one began is then unknown, and it is refused.
         """
-        if self._ended_in_feed:
+        if self._ended_in_feed or self._line is None:
             return False
-        line = data.lstrip(b"\r\n")
+        line, self._line = (self._line + data).lstrip(b"\r\n"), b""
         method, space, _ = line.partition(b" ")
         if not _TOKEN.fullmatch(method) or len(method) > _MAX_METHOD:
             return False
@@ -201,6 +205,14 @@ class RequestReader:
         self._events.append(RequestEnd(tuple(self._trailers)))
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _note_line(self, data: bytes) -> None:
+        """Keep the bytes of a request line until its method is read: llhttp may
+        refuse the method only once more of it arrives."""
+        if not self._in_message or self._url:
+            self._line = b""
+        elif self._line is not None:
+            self._line = None if self._ended_in_feed else self._line + data
 
     def _check_head_size(self) -> None:
         if not self._in_head:
