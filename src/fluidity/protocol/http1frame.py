@@ -182,17 +182,30 @@ class ResponseFramer:
             self.keep_alive = False
 
     def _read_chunk_size(self, buf: bytes, at: int) -> int:
-        end = buf.find(b"\n", at)
-        if end < 0:
-            if len(buf) - at > MAX_CHUNK_LINE:
-                raise ResponseBroken("a chunk-size line is too long")
-            return -1
-        line = _CHUNK_LINE.fullmatch(buf, at, end)
-        if line is None:
-            raise ResponseBroken(f"malformed chunk-size line {buf[at : min(end, at + 100)]!r}")
-        self._left = int(line.group(1), 16)
-        self._in = _In.CHUNK_DATA if self._left else _In.TRAILERS
-        return end + 1
+        """Read a chunk-size line, and every whole chunk after it in ``buf`` at once
+        (one call per chunk cost more than the chunk); a piece cut by the end of
+        ``buf`` is left to the step by step reading."""
+        start, size = at, len(buf)
+        while True:
+            end = buf.find(b"\n", at)
+            if end < 0:
+                if size - at > MAX_CHUNK_LINE:
+                    raise ResponseBroken("a chunk-size line is too long")
+                return -1 if at == start else at
+            line = _CHUNK_LINE.fullmatch(buf, at, end)
+            if line is None:
+                raise ResponseBroken(f"malformed chunk-size line {buf[at : min(end, at + 100)]!r}")
+            left = int(line.group(1), 16)
+            if not left:
+                self._in = _In.TRAILERS
+                return end + 1
+            data_end = end + 1 + left
+            if data_end + 2 > size:
+                self._left, self._in = left, _In.CHUNK_DATA
+                return end + 1
+            if buf[data_end : data_end + 2] != b"\r\n":
+                raise ResponseBroken("a chunk's data is not followed by CRLF")
+            at = data_end + 2
 
     def _read_trailers(self, buf: bytes, at: int) -> int:
         for blank in (b"\r\n", b"\n"):
