@@ -69,7 +69,8 @@ class RequestReader:
     """
 
     def __init__(self, max_head: int) -> None:
-        self._parser = httptools.HttpRequestParser(self)
+        # The parser calls this reader back: a reference cycle, broken by close().
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._max_head = max_head
         self._events: list[ReadEvent] = []
         self._taken = 0  # events before this index were taken
@@ -98,8 +99,13 @@ class RequestReader:
 
     @property
     def done(self) -> bool:
-        """Whether the reader reads no more: it stopped, failed, or saw the EOF."""
-        return self.rest is not None or self._failure is not None
+        """Whether the reader reads no more: it stopped, failed, or was closed."""
+        return self.rest is not None or self._failure is not None or self._parser is None
+
+    def close(self) -> None:
+        """Read no more, and let go of the parser now (not at the next garbage
+        collection: the parser and the reader refer to each other)."""
+        self._parser = None
 
     def next_event(self) -> ReadEvent | None:
         """The oldest event not taken yet, or None."""
@@ -119,9 +125,11 @@ class RequestReader:
         if self._stash:
             data, self._stash = self._stash + data, b""
             self._parser = httptools.HttpRequestParser(self)
+        parser = self._parser
+        assert parser is not None  # not done
         self._fed, self._ended_in_feed = len(data), False
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.rest = data[int(exc.args[0]) :]
         except httptools.HttpParserInvalidMethodError as exc:
@@ -186,6 +194,7 @@ class RequestReader:
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
+        assert parser is not None, "llhttp calls back only while it parses"
         method, self._method = self._method or parser.get_method(), None
         version = parser.get_http_version().encode()
         upgrade = method != b"CONNECT" and parser.should_upgrade()

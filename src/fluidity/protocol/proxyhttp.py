@@ -70,6 +70,15 @@ class HttpSession(RelaySession):
         """Whether a byte of a request not yet answered has arrived (not CR or LF)."""
         return self._reader_now is not None and self._reader_now.busy
 
+    def _drop_reader(self) -> None:
+        if self._reader_now is not None:
+            self._reader_now.close()
+            self._reader_now = None
+
+    def _close(self, *, abort: bool = False) -> None:
+        self._drop_reader()
+        super()._close(abort=abort)
+
     def _parsing_client(self) -> bool:
         if self._state is State.IDLE:
             return True
@@ -165,6 +174,7 @@ class HttpSession(RelaySession):
         self._exchange = None
         self._state = State.IDLE
         if self._reader.rest is not None:  # it stopped at a declined upgrade
+            self._reader.close()
             self._reader_now = RequestReader(self._max_head)
 
     # -- forwarding one request ---------------------------------------------------------
@@ -239,7 +249,7 @@ class HttpSession(RelaySession):
 
     def _go_raw(self) -> None:
         self._state = State.RAW
-        self._reader_now = None  # never used again
+        self._drop_reader()  # never used again
         early = bytes(self._inbox)
         self._inbox.clear()
         if early:
