@@ -28,6 +28,7 @@ I/O boundary and nowhere else::
     │   ├── DialTimeout        the connect timed out (504)
     │   └── CircuitOpen        the target's circuit breaker is open (503)
     ├── ProxyProtocolError     a local client sent something we cannot proxy (has a status)
+    │   └── ResponseBroken     a target's HTTP/1.1 response cannot be framed (502)
     ├── StatusUnavailable      ``fluidity status`` got no status from the agent
     └── LifecycleError         the AWS control plane (wake/query/sleep/kill) failed
 """
@@ -194,6 +195,13 @@ class ProxyProtocolError(FluidityError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ResponseBroken(ProxyProtocolError):
+    """A target's HTTP/1.1 response is malformed or cut short: the client gets 502."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=502)
 
 
 class StatusUnavailable(FluidityError):

@@ -165,6 +165,51 @@ SEEDS: dict[str, tuple[list[Step], bool]] = {
         False,
     ),
     "https_absolute": ([("client", get(b"https://example.com/"))], False),
+    # The llhttp reader (protocol/http1request.py): a method it does not know, split
+    # across reads; an upgrade the origin declines, with the next request behind it;
+    # an upgrade with a body; a HEAD answer that announces a length.
+    "extension_method_split": (
+        [
+            ("client", b"BR"),
+            ("client", b"EW http://example.com/pot HTTP/1.1\r\nHost: example.com\r\n\r\n"),
+            ("open", 1),
+            ("upstream", b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 0\r\n\r\n"),
+        ],
+        False,
+    ),
+    "upgrade_declined_then_get": (
+        [
+            (
+                "client",
+                get(b"http://example.com/ws", b"Upgrade: websocket\r\nConnection: Upgrade\r\n")
+                + get(b"http://example.com/next"),
+            ),
+            ("open", 1),
+            ("upstream", b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\n\r\nnope"),
+            ("upstream", OK),
+        ],
+        False,
+    ),
+    "upgrade_with_body": (
+        [
+            (
+                "client",
+                b"POST http://example.com/ HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n"
+                b"Connection: Upgrade\r\nContent-Length: 2\r\n\r\nhi",
+            )
+        ],
+        False,
+    ),
+    "head_with_length": (
+        [
+            ("client", b"HEAD http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n"),
+            ("open", 1),
+            ("upstream", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"),
+            ("client", get(b"http://example.com/again")),
+            ("upstream", OK),
+        ],
+        False,
+    ),
     "origin_form": ([("client", get(b"/not-a-proxy-request"))], False),
 }
 

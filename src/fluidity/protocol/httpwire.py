@@ -1,16 +1,15 @@
-"""HTTP/1.1 wire helpers for the agent's proxy core: pure functions over bytes and h11.
+"""HTTP/1.1 wire helpers for the agent's proxy core: pure functions over bytes.
 
-Everything :mod:`fluidity.protocol.proxy` needs to read where a request goes, write
-the bytes the target and the client receive, and tell where a response ends:
+Everything :mod:`fluidity.protocol.proxy` needs to read where a request goes and write
+the bytes the target and the client receive (where a response ends is
+:mod:`fluidity.protocol.http1frame`'s):
 
 - :func:`parse_connect_target` and :func:`parse_absolute_target` read the target of
   ``CONNECT host:port`` and ``GET http://host[:port]/path``, raising
   :class:`~fluidity.errors.ProxyProtocolError` (400) when it cannot be used;
-- :func:`serialise_request_head` writes the origin-form head the target receives.
-  h11 parses, but its writer moves ``Host`` to the front; we promise the client's
-  header order, case, duplicates and values, minus the proxy-only headers;
-- :func:`framing_request` and :func:`read_response` drive the client-role h11
-  connection that tracks an upstream's framing (its bytes are never sent);
+- :func:`serialise_request_head` writes the origin-form head the target receives:
+  we promise the client's header order, case, duplicates and values, minus the
+  proxy-only headers (the :class:`RequestHead` keeps them as read);
 - :func:`error_response` and :func:`local_response` write the agent's own answers;
 - :func:`credentials_match` checks ``Proxy-Authorization: Basic``.
 """
@@ -24,8 +23,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 
-import h11
-
 from fluidity.errors import ProxyProtocolError
 from fluidity.protocol.authority import parse_authority
 
@@ -35,6 +32,19 @@ Header = tuple[bytes, bytes]
 PROXY_ONLY_HEADERS = frozenset({b"proxy-connection", b"proxy-authorization"})
 
 _ABSOLUTE = "send absolute-form requests (GET http://host/path) or CONNECT host:port"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A request head as read: ``headers`` are the raw (name, value) pairs as sent;
+    ``upgrade`` says whether it proposes a protocol switch (``Upgrade`` listed in
+    ``Connection``), after which the client's bytes wait for the answer."""
+
+    method: bytes
+    target: bytes
+    http_version: bytes  # b"1.1"
+    headers: list[Header]
+    upgrade: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,58 +133,25 @@ def serialise_request_head(
     return b"".join(lines)
 
 
-def framing_request(request: h11.Request, target: ForwardTarget) -> h11.Request:
-    """The request as an upstream's client-role h11 is told it: only its framing matters.
-
-    Sending it teaches h11 the method (HEAD answers have no body), the body framing,
-    ``Connection: close`` and any ``Upgrade`` proposal. h11 writes HTTP/1.1 only and
-    wants a Host header, which an HTTP/1.0 request may lack: the target's stands in.
-    """
-    method, origin_target = request.method, target.origin_target
-    if any(name == b"host" for name, _ in request.headers):
-        return h11.Request(method=method, target=origin_target, headers=request.headers)
-    headers = [*request.headers.raw_items(), (b"Host", target.host.encode("ascii"))]
-    return h11.Request(method=method, target=origin_target, headers=headers)
-
-
-def read_response(conn: h11.Connection, data: bytes) -> object:
-    """Feed upstream bytes (``b""`` = EOF) to a client-role h11 and parse as far as they go.
-
-    Returns ``h11.EndOfMessage`` when the response ended (the bytes beyond it are in
-    ``conn.trailing_data``), ``h11.PAUSED`` when the origin switched protocols (101),
-    else ``h11.NEED_DATA``. Interim 1xx answers are passed over. Raises
-    ``h11.RemoteProtocolError`` when the response is broken or cut short by EOF.
-    """
-    conn.receive_data(data)
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA or event is h11.PAUSED:
-            return event
-        if isinstance(event, h11.EndOfMessage):
-            return h11.EndOfMessage
-        if isinstance(event, h11.ConnectionClosed):  # pragma: no cover - h11 raises first
-            raise h11.RemoteProtocolError("the connection closed before a response")
-
-
-def client_keeps_alive(request: h11.Request) -> bool:
+def client_keeps_alive(request: RequestHead) -> bool:
     """Whether the client may send another request on its connection after this one.
 
     RFC 9112 §9.3: a proxy must not keep a persistent connection with an HTTP/1.0
     client, ``Connection: keep-alive`` or not; HTTP/1.1 persists unless ``close``.
     """
-    tokens = header_tokens(request.headers.raw_items(), b"connection")
+    tokens = header_tokens(request.headers, b"connection")
     return request.http_version == b"1.1" and b"close" not in tokens
 
 
-def check_head(request: h11.Request, max_head: int) -> None:
+def check_head(request: RequestHead, max_head: int) -> None:
     """Refuse a request head that is too large, or framed two ways.
 
-    h11 bounds only a head that arrives in pieces; one that arrives whole in a single
-    read is measured here (431). A request with both ``Content-Length`` and
+    The reader bounds only a head that arrives in pieces; one that arrives whole in a
+    single read is measured here (431). A request with both ``Content-Length`` and
     ``Transfer-Encoding`` is how requests are smuggled past proxies that read one and
     targets that read the other: refused with 400 (RFC 9112 §6.3).
     """
-    raw = request.headers.raw_items()
+    raw = request.headers
     size = len(request.method) + len(request.target) + sum(len(n) + len(v) + 4 for n, v in raw)
     if size > max_head:
         raise ProxyProtocolError(
@@ -274,18 +251,3 @@ def reason_phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
-
-
-def client_error_text(exc: h11.RemoteProtocolError, max_head: int) -> str:
-    """What to tell a client whose request h11 could not parse, and how to fix it.
-
-    A message that mentions Proxy-Authorization is withheld: h11 quotes bad lines,
-    and a credential must never be echoed or logged.
-    """
-    if exc.error_status_hint == 431:
-        return f"the request head is over {max_head} bytes: send fewer or shorter headers"
-    if "proxy-authorization" in str(exc).lower():
-        return "malformed Proxy-Authorization header: send Basic base64(user:password)"
-    if exc.error_status_hint == 501:
-        return f"unsupported request framing ({exc}): send Content-Length or chunked bodies"
-    return f"malformed request ({exc}): send a valid HTTP/1.1 request"

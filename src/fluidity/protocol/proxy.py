@@ -12,9 +12,9 @@ client bytes that arrive while an upstream opens are kept and released after it.
 - Absolute-form requests, any method: ``OpenUpstream(kind="forward")``, the request
   rewritten to origin-form with the client's headers untouched except the proxy-only
   ones, bodies streamed both ways. Responses are forwarded as the raw bytes received;
-  a client-role h11 connection only tells where each ends, so one client connection
-  carries many requests, to several hosts, reusing the upstream when the target
-  repeats. A ``101`` answer to an ``Upgrade`` request turns the session raw.
+  a framer (:mod:`~fluidity.protocol.http1frame`) only tells where each ends, so one
+  client connection carries many requests, to several hosts, reusing the upstream
+  when the target repeats. A ``101`` answer to an ``Upgrade`` request turns the session raw.
 - Origin-form requests for a path the driver registered are answered by its
   handler; any other origin-form request gets 400.
 

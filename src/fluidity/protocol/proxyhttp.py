@@ -2,8 +2,9 @@
 
 :class:`HttpSession` is the middle layer of
 :class:`~fluidity.protocol.proxy.ClientSession`, on top of
-:class:`~fluidity.protocol.proxyrelay.RelaySession`. A server-role h11 connection
-parses the client's bytes; each request head is then routed:
+:class:`~fluidity.protocol.proxyrelay.RelaySession`. A request reader on llhttp
+(:mod:`~fluidity.protocol.http1request`) turns the client's bytes into events, taken
+one exchange at a time (pipelined requests wait); each request head is routed:
 
 - origin-form: answered by the driver's local handler, or 400;
 - ``CONNECT host:port``: an upstream is opened (OPENING), then the session turns raw;
@@ -18,13 +19,12 @@ before answering gets the request replayed once on a new one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-import h11
-
-from fluidity.errors import ProxyProtocolError
+from fluidity.errors import ProxyProtocolError, ResponseBroken
 from fluidity.protocol import httpwire
-from fluidity.protocol.httpwire import ForwardTarget
+from fluidity.protocol.http1request import ClientClosed, ReadEvent, RequestEnd, RequestReader
+from fluidity.protocol.httpwire import ForwardTarget, RequestHead
 from fluidity.protocol.proxyevents import (
     LocalHandler,
     OpenUpstream,
@@ -34,7 +34,7 @@ from fluidity.protocol.proxyevents import (
     State,
     local_request,
 )
-from fluidity.protocol.proxyexchange import BodyEvent, Exchange, Progress, Upstream
+from fluidity.protocol.proxyexchange import Exchange, Progress, Upstream
 from fluidity.protocol.proxyrelay import RelaySession
 
 
@@ -53,21 +53,31 @@ class HttpSession(RelaySession):
         self._local_paths = local_paths
         self._max_head = max_head
         self._served = 0  # exchanges finished on this connection
-        self._parser_conn: h11.Connection | None = self._new_parser()
+        self._eof_fed = False
+        self._reader_now: RequestReader | None = RequestReader(max_head)
 
     # -- the client side: requests ----------------------------------------------------
 
     @property
-    def _parser(self) -> h11.Connection:
-        """The request parser; gone once the session is raw (it never parses again)."""
-        if self._parser_conn is None:
+    def _reader(self) -> RequestReader:
+        """The request reader; gone once the session is raw (it never reads again)."""
+        if self._reader_now is None:
             raise ProxyStateError("a raw session parses no requests")
-        return self._parser_conn
+        return self._reader_now
 
-    def _new_parser(self) -> h11.Connection:
-        self._eof_fed = False
-        self._head_started = False
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+    @property
+    def _head_started(self) -> bool:
+        """Whether a byte of a request not yet answered has arrived (not CR or LF)."""
+        return self._reader_now is not None and self._reader_now.busy
+
+    def _drop_reader(self) -> None:
+        if self._reader_now is not None:
+            self._reader_now.close()
+            self._reader_now = None
+
+    def _close(self, *, abort: bool = False) -> None:
+        self._drop_reader()
+        super()._close(abort=abort)
 
     def _parsing_client(self) -> bool:
         if self._state is State.IDLE:
@@ -76,42 +86,48 @@ class HttpSession(RelaySession):
         return self._state is State.FORWARDING and not (ex is not None and ex.request_complete)
 
     def _pump_client(self) -> None:
-        try:
-            while self._parsing_client():
-                self._feed_parser()
-                event = self._parser.next_event()
-                if event is h11.NEED_DATA or event is h11.PAUSED:
-                    return
+        while self._parsing_client():
+            event = self._reader.next_event()
+            if event is None and not self._feed_reader():
+                return
+            if event is not None:
                 self._on_client_event(event)
-        except h11.RemoteProtocolError as exc:
-            self._fail(exc.error_status_hint, httpwire.client_error_text(exc, self._max_head))
 
-    def _feed_parser(self) -> None:
-        if not self._head_started:  # RFC 9112 §2.2: skip empty lines before a request
-            del self._inbox[: len(self._inbox) - len(self._inbox.lstrip(b"\r\n"))]
+    def _feed_reader(self) -> bool:
+        """Give the reader what the client sent; False when there was nothing to give."""
+        reader = self._reader
+        if reader.done:
+            return False
         if self._inbox:
-            self._head_started = True
-            self._parser.receive_data(bytes(self._inbox))
+            data = bytes(self._inbox)
             self._inbox.clear()
+            reader.feed(data)
+            if reader.rest:  # after a CONNECT or an upgrade: not for the reader
+                self._inbox[:0] = reader.rest
+            return True
         if self._client_eof and not self._eof_fed:
             self._eof_fed = True
-            self._parser.receive_data(b"")
+            reader.feed_eof()
+            return True
+        return False
 
-    def _on_client_event(self, event: object) -> None:
+    def _on_client_event(self, event: ReadEvent) -> None:
         match event:
-            case h11.Request():
+            case RequestHead():
                 try:
                     self._route(event)
                 except ProxyProtocolError as exc:
                     self._refuse(exc.status, str(exc))
-            case h11.Data():
-                self._forward_body(h11.Data(data=bytes(event.data)))
-            case h11.EndOfMessage():
-                self._forward_body(h11.EndOfMessage(headers=event.headers.raw_items()))
-            case h11.ConnectionClosed():
+            case bytes():
+                self._forward_body(event)
+            case RequestEnd(trailers):
+                self._forward_body(None, trailers)
+            case ClientClosed():
                 self._close()
+            case ProxyProtocolError():
+                self._fail(event.status, str(event))
 
-    def _route(self, request: h11.Request) -> None:
+    def _route(self, request: RequestHead) -> None:
         if request.http_version not in (b"1.0", b"1.1"):
             version = request.http_version.decode()
             raise ProxyProtocolError(f"HTTP/{version} is not supported: speak HTTP/1.1", 505)
@@ -119,7 +135,7 @@ class HttpSession(RelaySession):
         if request.target.startswith(b"/") or request.target == b"*":
             self._answer_locally(request)
             return
-        httpwire.require_credentials(request.headers.raw_items(), self._expected)
+        httpwire.require_credentials(request.headers, self._expected)
         if request.method == b"CONNECT":
             self._open_tunnel(request, *httpwire.parse_connect_target(request.target))
         else:
@@ -127,17 +143,17 @@ class HttpSession(RelaySession):
                 request, httpwire.parse_absolute_target(request.method, request.target)
             )
 
-    def _answer_locally(self, request: h11.Request) -> None:
+    def _answer_locally(self, request: RequestHead) -> None:
         handler = self._local_paths.get(request.target.partition(b"?")[0].decode("latin-1"))
         if handler is None:
             raise ProxyProtocolError("this is a proxy: send absolute-form requests or CONNECT")
-        raw = request.headers.raw_items()
+        raw = request.headers
         authenticated = self._expected is None or httpwire.credentials_match(raw, self._expected)
         answer = handler(
             local_request(request.method, request.target, raw, authenticated=authenticated)
         )
         # A local request with a body is answered, and the connection closed unread.
-        ended = isinstance(self._parser.next_event(), h11.EndOfMessage)
+        ended = isinstance(self._reader.next_event(), RequestEnd)
         keep = ended and httpwire.client_keeps_alive(request)
         self._emit(SendClient(answer.encode(head_only=request.method == b"HEAD", keep_alive=keep)))
         if keep:
@@ -145,33 +161,28 @@ class HttpSession(RelaySession):
         else:
             self._close()
 
-    def _open_tunnel(self, request: h11.Request, host: str, port: int) -> None:
-        if httpwire.has_body(request.headers.raw_items()):
+    def _open_tunnel(self, request: RequestHead, host: str, port: int) -> None:
+        if httpwire.has_body(request.headers):
             raise ProxyProtocolError("a CONNECT request carries no body: send the head alone")
-        self._parser.next_event()  # the EndOfMessage of a bodiless request
-        self._take_pipelined()  # what follows the head is tunnel data
+        self._reader.next_event()  # the RequestEnd of a bodiless request
         target = ForwardTarget(host, port, b"")
         self._exchange = Exchange(request, target, "connect")
         self._open_upstream(target, "connect")
 
-    def _take_pipelined(self) -> None:
-        """After a request's end, what the parser holds beyond it goes back to the inbox."""
-        self._inbox[:0] = self._parser.trailing_data[0]
-
     def _next_request(self) -> None:
         self._served += 1
-        self._take_pipelined()
         self._exchange = None
         self._state = State.IDLE
-        self._parser_conn = self._new_parser()
+        if self._reader.rest is not None:  # it stopped at a declined upgrade
+            self._reader.close()
+            self._reader_now = RequestReader(self._max_head)
 
     # -- forwarding one request ---------------------------------------------------------
 
-    def _begin_forward(self, request: h11.Request, target: ForwardTarget) -> None:
+    def _begin_forward(self, request: RequestHead, target: ForwardTarget) -> None:
         ex = self._exchange = Exchange(request, target, "forward")
         up = self._upstream
         if up is not None and up.reusable_for(target):
-            up.conn.start_next_cycle()
             ex.reused_upstream = True
             self._state = State.FORWARDING
             self._emit(SendUpstream(ex.start(up)))
@@ -185,13 +196,12 @@ class HttpSession(RelaySession):
         self._state = State.OPENING
         self._emit(OpenUpstream(target.host, target.port, kind))
 
-    def _forward_body(self, event: BodyEvent) -> None:
-        up, ex = self._current()
-        data = ex.body(up, event)
+    def _forward_body(self, data: bytes | None, trailers: Sequence[httpwire.Header] = ()) -> None:
+        """A piece of the request body (``data``), or its end (None) with ``trailers``."""
+        _, ex = self._current()
+        data = ex.end(trailers) if data is None else ex.body(data)
         if data:
             self._emit(SendUpstream(data))
-        if ex.request_complete:
-            self._take_pipelined()
 
     def _retry(self) -> None:
         ex = self._exchange
@@ -206,7 +216,7 @@ class HttpSession(RelaySession):
         _, ex = self._current()
         try:
             to_client, progress = ex.response(up, data)
-        except h11.RemoteProtocolError as exc:
+        except ResponseBroken as exc:
             self._response_broken(up, ex, data, str(exc))
             return
         if to_client:
@@ -239,7 +249,7 @@ class HttpSession(RelaySession):
 
     def _go_raw(self) -> None:
         self._state = State.RAW
-        self._parser_conn = None  # about 1 KB per tunnel, never used again
+        self._drop_reader()  # never used again
         early = bytes(self._inbox)
         self._inbox.clear()
         if early:

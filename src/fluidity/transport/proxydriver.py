@@ -60,6 +60,8 @@ from fluidity.transport.sockopts import reset_transport, set_tcp_keepalive
 
 log = logging.getLogger(__name__)
 
+_TIMER_SLACK = 0.005  # seconds
+
 
 class Upstream(Protocol):
     """What a driver holds: a ``TunnelStream``, or a socket held like one (``SocketStream``)."""
@@ -110,6 +112,7 @@ class ProxyDriver(asyncio.Protocol):
         self.bytes_out = 0
         self._opening: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_since: float | None = None  # when the current wait for a head began
         self._client_paused = False  # the client's socket buffer is full
         self._stream_full = False  # the upstream's send queue is full
         self._reading = True
@@ -240,7 +243,7 @@ class ProxyDriver(asyncio.Protocol):
                     if self.stream is not None and not self.stream.write(data):
                         self._stream_full = True
                 case SendClient(data):
-                    self._cancel_head_timer()
+                    self._head_since = None  # an answer ends the wait; the next one is new
                     if self.transport is not None and not self._closed:
                         self.transport.write(data)
                 case OpenUpstream(host, port, kind):
@@ -327,17 +330,34 @@ class ProxyDriver(asyncio.Protocol):
         """Time the wait for a request head whenever the session waits for one (idle).
 
         Armed once per wait, never extended by trickling bytes: a client
-        sending one byte a second still runs out of time.
+        sending one byte a second still runs out of time. One timer serves
+        many waits: a kept-alive connection waits after every response, and a
+        timer armed and cancelled each time cost one per request. The wait's
+        start is noted instead; the timer, when it fires, times out the wait
+        under way, or re-arms for what is left of it, or (busy) lapses until
+        the next wait arms it.
         """
-        waiting = self.session.idle and not self._closed
-        if not waiting:
-            self._cancel_head_timer()
-        elif self._head_timer is None:
-            loop = asyncio.get_running_loop()
-            self._head_timer = loop.call_later(self.head_timeout, self._on_head_timeout)
+        if not self.session.idle or self._closed:
+            self._head_since = None
+            return
+        loop = asyncio.get_running_loop()
+        if self._head_since is None:
+            self._head_since = loop.time()
+        if self._head_timer is None:
+            deadline = self._head_since + self.head_timeout
+            self._head_timer = loop.call_at(deadline, self._on_head_timeout)
 
     def _on_head_timeout(self) -> None:
         self._head_timer = None
+        if self._head_since is None or self._closed:
+            return  # busy since: the next wait arms a timer of its own
+        loop = asyncio.get_running_loop()
+        deadline = self._head_since + self.head_timeout
+        # A later wait than the one this timer was armed for (a timer may also fire a
+        # little early: the loop's clock resolution).
+        if loop.time() + _TIMER_SLACK < deadline:
+            self._head_timer = loop.call_at(deadline, self._on_head_timeout)
+            return
         self.session.head_timed_out()
         self._pump()
 
