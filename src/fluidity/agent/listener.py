@@ -25,6 +25,8 @@ import logging
 import socket
 from collections.abc import Callable
 
+from fluidity.transport.sockopts import listening_socket
+
 log = logging.getLogger(__name__)
 
 # How long accepting pauses when the process is out of file descriptors (or
@@ -60,7 +62,7 @@ class BatchListener:
         sockets: list[socket.socket] = []
         try:
             for family, _, proto, _, address in dict.fromkeys(infos):
-                sockets.append(_bound_socket(family, proto, address, backlog))
+                sockets.append(listening_socket(family, address, backlog, proto))
         except OSError:
             for sock in sockets:
                 sock.close()
@@ -131,25 +133,6 @@ class BatchListener:
         await self._closed.wait()
         if self._handing_over:
             await asyncio.gather(*self._handing_over, return_exceptions=True)
-
-
-def _bound_socket(
-    family: int, proto: int, address: tuple[object, ...], backlog: int
-) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM, proto)
-    try:
-        # SO_REUSEADDR as asyncio sets it on POSIX (this listener runs only there):
-        # a restarted agent may bind while old connections sit in TIME_WAIT.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def batch_accept_needed(loop: asyncio.AbstractEventLoop) -> bool:

@@ -32,13 +32,14 @@ equivalence tests on the lowest and newest h2 allowed.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any
 
 import h2.config
 import h2.connection
 import h2.stream
+
+from fluidity.protocol.patchcheck import parameter_names
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def shape_problem() -> str | None:
         "_open_streams": ["self", "remainder"],
     }
     for name, parameters in expected.items():
-        if _parameters(getattr(base, name, None)) != parameters:
+        if parameter_names(getattr(base, name, None)) != parameters:
             return f"H2Connection.{name} has another signature"
     probe = base(config=h2.config.H2Configuration(client_side=True))
     if not isinstance(getattr(probe, "streams", None), dict):
@@ -109,13 +110,6 @@ def shape_problem() -> str | None:
     if not all(isinstance(getattr(stream, name, None), property) for name in names):
         return "H2Stream.open / closed / closed_by are not properties"
     return None
-
-
-def _parameters(function: Any) -> list[str]:
-    try:
-        return list(inspect.signature(function).parameters)
-    except (TypeError, ValueError):
-        return []
 
 
 SHAPE_PROBLEM = shape_problem()

@@ -34,11 +34,12 @@ CI runs the equivalence tests on the lowest and newest hyperframe allowed.
 from __future__ import annotations
 
 import binascii
-import inspect
 import logging
 from typing import Any
 
 import hyperframe.frame
+
+from fluidity.protocol.patchcheck import installed_version, parameter_names
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ def apply() -> bool:
     """
     problem = shape_problem()
     if problem is not None:
-        log.debug("hyperframe %s: speed fix not applied (%s)", _version(), problem)
+        log.debug(
+            "hyperframe %s: speed fix not applied (%s)", installed_version("hyperframe"), problem
+        )
         return False
     hyperframe.frame._raw_data_repr = raw_data_repr
     frame_class: Any = hyperframe.frame.DataFrame
@@ -107,7 +110,7 @@ def installed() -> bool:
 def shape_problem() -> str | None:
     """Why the fixes do not fit the installed hyperframe, or ``None`` when they do."""
     frame_class: Any = hyperframe.frame.DataFrame
-    if not callable(_ORIGINAL) or _parameters(_ORIGINAL) != ["data"]:
+    if not callable(_ORIGINAL) or parameter_names(_ORIGINAL) != ["data"]:
         return "_raw_data_repr is not the function it was"
     if frame_class.__dict__.get("_body_repr", data_body_repr) is not data_body_repr:
         return "DataFrame has a _body_repr of its own"
@@ -133,22 +136,6 @@ def _sample_problem() -> str | None:
         if raw_data_repr(data) != _ORIGINAL(data):
             return "_raw_data_repr differs"
     return None
-
-
-def _parameters(function: Any) -> list[str]:
-    try:
-        return list(inspect.signature(function).parameters)
-    except (TypeError, ValueError):
-        return []
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("hyperframe")
-    except PackageNotFoundError:
-        return "(unknown version)"
 
 
 def original_raw_data_repr(data: bytes | None) -> str:

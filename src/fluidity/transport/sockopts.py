@@ -5,15 +5,18 @@ TCP socket, and does nothing to any other (a socketpair in tests, an inner
 transport). ``reset_transport`` aborts a transport so that the peer sees a TCP
 reset rather than an orderly end. Neither raises on account of the socket: one
 already closed, or lacking an option on this system, is left as it is.
+``listening_socket`` makes the non-blocking listening socket our own acceptors
+(the server's TLS acceptor, the agent's batch listener) take connections from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
-from typing import cast
+from typing import Any, cast
 
 
 def reset_transport(transport: asyncio.BaseTransport) -> None:
@@ -70,3 +73,24 @@ def _family_and_fileno(transport: asyncio.BaseTransport) -> tuple[int, int] | No
         return None
     fd: int = sock.fileno()
     return (int(sock.family), fd) if fd >= 0 else None
+
+
+def listening_socket(
+    family: int, sockaddr: tuple[Any, ...], backlog: int, proto: int = 0
+) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket, as asyncio's own servers make them:
+    SO_REUSEADDR on POSIX (a restarted process may bind while old connections sit in
+    TIME_WAIT), IPv6 sockets IPv6-only. Raises OSError, the socket closed."""
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        if os.name != "nt":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

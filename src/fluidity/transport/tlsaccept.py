@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
 
+from fluidity.transport.sockopts import listening_socket
 from fluidity.transport.tls import handshake_failure_reason
 
 log = logging.getLogger(__name__)
@@ -190,7 +189,7 @@ class TLSListener:
             for family, _, _, _, sockaddr in dict.fromkeys(infos):
                 if self._socks and port == 0:
                     sockaddr = (sockaddr[0], self._socks[0].getsockname()[1], *sockaddr[2:])
-                self._socks.append(_listening_socket(family, sockaddr, backlog))
+                self._socks.append(listening_socket(family, sockaddr, backlog))
         except OSError:
             self.close()
             raise
@@ -305,22 +304,6 @@ class AcceptedSocket:
         """Close the socket if the loop never took it."""
         if not self.taken:
             self.sock.close()
-
-
-def _listening_socket(family: int, sockaddr: tuple[Any, ...], backlog: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if os.name != "nt":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _peer_text(client: socket.socket) -> str:
