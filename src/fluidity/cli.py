@@ -32,6 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fluidity {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_server_and_agent(sub)
+    _add_quickstart(sub)
+    _add_health(sub)
+    _add_status(sub)
+    _add_doctor(sub)
+    _add_service(sub)
+    certs_cli.add_parser(sub)
+    _add_optional_commands(sub)
+    _add_logging_options(parser)
+    return parser
+
+
+def _add_server_and_agent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     server = sub.add_parser("server", help="run the server (in the cloud)")
     _add_common(server)
     server.set_defaults(func=_cmd_server)
@@ -46,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.set_defaults(func=_cmd_agent)
 
+
+def _add_quickstart(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     quick = sub.add_parser(
         "quickstart", help="create certificates, run server and agent on this machine"
     )
@@ -67,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quick.set_defaults(func=_cmd_quickstart)
 
+
+def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     health = sub.add_parser("health", help="exit 0 if the configured listener accepts TCP")
     group = health.add_mutually_exclusive_group()
     group.add_argument("--config", type=Path, help="server.yaml or agent.yaml")
@@ -78,14 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="which config schema --config follows (default: server)",
     )
     health.set_defaults(func=_cmd_health)
-
-    _add_status(sub)
-    _add_doctor(sub)
-    _add_service(sub)
-    certs_cli.add_parser(sub)
-    _add_optional_commands(sub)
-    _add_logging_options(parser)
-    return parser
 
 
 def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

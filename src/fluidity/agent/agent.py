@@ -35,7 +35,7 @@ from fluidity.agent.local import (
 )
 from fluidity.agent.path import Streams, open_path
 from fluidity.agent.pool import TunnelPool
-from fluidity.agent.routes import WebSocketSettings
+from fluidity.agent.routes import Connector, WebSocketSettings
 from fluidity.config.agent import AgentConfig
 from fluidity.errors import ConfigError, LifecycleError, ProxyProtocolError
 from fluidity.lifecycle.client import ControlPlaneClient
@@ -78,32 +78,7 @@ class Agent:
             lambda: (("client", config.tls.cert),), config.tls.expiry_warning_days * DAY
         )
         self.metrics.watch_expiry(self.expiry.seconds_left)
-        context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
-        websocket = None
-        if config.transport != "direct":
-            websocket = WebSocketSettings(
-                outer_context=outer_agent_context(config.tls.ca, config.websocket.outer_ca),
-                url=config.websocket.url,
-                ping_interval=config.websocket.ping_interval,
-            )
-        self.keeper = TunnelKeeper(
-            host=config.server.host,
-            port=config.server.port,
-            server_name=config.server_hostname,
-            context=context,
-            cert_description=describe(config.tls.cert),
-            keepalive_interval=config.keepalive_interval,
-            keepalive_timeout=config.keepalive_timeout,
-            handshake_timeout=config.handshake_timeout,
-            connect_wait=config.connect_wait,
-            stream_idle_timeout=config.stream_idle_timeout,
-            backoff=Backoff(config.reconnect.initial, config.reconnect.max),
-            connector=self._open_path,
-            metrics=self.metrics,
-            ca_pem=config.tls.ca.read_bytes(),
-            transport=config.transport,
-            websocket=websocket,
-        )
+        self.keeper = make_keeper(config, self._open_path, self.metrics)
         self.tunnels = TunnelPool(
             self.keeper,
             max_tunnels=config.max_tunnels,
@@ -345,3 +320,33 @@ class Agent:
         if ipaddress.ip_address(host).is_unspecified:
             host = host_header_name(request) or "127.0.0.1"
         return LocalResponse(200, PAC_TYPE, self.routing.pac_file(host, port).encode())
+
+
+def make_keeper(config: AgentConfig, connector: Connector, metrics: Metrics) -> TunnelKeeper:
+    """The keeper of the agent's tunnel to ``config.server``, reaching it by ``connector``."""
+    context = agent_context(config.tls.ca, config.tls.cert, config.tls.key)
+    websocket = None
+    if config.transport != "direct":
+        websocket = WebSocketSettings(
+            outer_context=outer_agent_context(config.tls.ca, config.websocket.outer_ca),
+            url=config.websocket.url,
+            ping_interval=config.websocket.ping_interval,
+        )
+    return TunnelKeeper(
+        host=config.server.host,
+        port=config.server.port,
+        server_name=config.server_hostname,
+        context=context,
+        cert_description=describe(config.tls.cert),
+        keepalive_interval=config.keepalive_interval,
+        keepalive_timeout=config.keepalive_timeout,
+        handshake_timeout=config.handshake_timeout,
+        connect_wait=config.connect_wait,
+        stream_idle_timeout=config.stream_idle_timeout,
+        backoff=Backoff(config.reconnect.initial, config.reconnect.max),
+        connector=connector,
+        metrics=metrics,
+        ca_pem=config.tls.ca.read_bytes(),
+        transport=config.transport,
+        websocket=websocket,
+    )

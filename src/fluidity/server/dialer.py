@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
+from fluidity.config.server import ServerConfig
 from fluidity.errors import (
     CircuitOpen,
     DialRefused,
@@ -51,6 +52,23 @@ class DialSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 1.0
     resolve_timeout: float = 10.0
+
+    @classmethod
+    def of(cls, config: ServerConfig) -> DialSettings:
+        """The ``dial:`` section of ``config``."""
+        dial = config.dial
+        return cls(dial.connect_timeout, dial.attempts, dial.backoff_initial, dial.backoff_max)
+
+
+def policy_of(config: ServerConfig) -> TargetPolicy:
+    """The target policy of ``config``'s ``targets:`` section."""
+    targets = config.targets
+    return TargetPolicy.from_config(targets.allow, targets.deny, targets.ports)
+
+
+def breaker_of(config: ServerConfig) -> CircuitBreaker:
+    """A circuit breaker with ``config``'s ``circuit_breaker:`` settings."""
+    return CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.reset_after)
 
 
 class Dialer:

@@ -44,9 +44,8 @@ from fluidity.protocol.addresses import parse_ip_literal
 from fluidity.protocol.authority import parse_authority
 from fluidity.protocol.identity import IdentityAllowList
 from fluidity.protocol.policy import TargetPolicy
-from fluidity.protocol.retry import CircuitBreaker
 from fluidity.server.connection import ServerConnection
-from fluidity.server.dialer import DialSettings
+from fluidity.server.dialer import DialSettings, breaker_of, policy_of
 from fluidity.server.reload import file_signature
 from fluidity.server.streams import StreamService
 
@@ -122,10 +121,7 @@ class PolicyReloader:
         """The new policy and allow-list, built before anything changes: a bad entry
         leaves the old ones whole. ConfigError names the file and the entry."""
         try:
-            policy = TargetPolicy.from_config(
-                fresh.targets.allow, fresh.targets.deny, fresh.targets.ports
-            )
-            return policy, IdentityAllowList.from_config(fresh.clients.allow)
+            return policy_of(fresh), IdentityAllowList.from_config(fresh.clients.allow)
         except ConfigError as exc:
             where = self._source.path or "the config"
             raise ConfigError(f"{where}: {exc}") from exc
@@ -150,10 +146,9 @@ class PolicyReloader:
         server = self._server
         server.config = new
         dialer = server.streams.dialer
-        dialer.update(policy, _dial_settings(new))
+        dialer.update(policy, DialSettings.of(new))
         if new.circuit_breaker != old.circuit_breaker:
-            breaker = new.circuit_breaker
-            dialer.breaker = CircuitBreaker(breaker.failures, breaker.reset_after)
+            dialer.breaker = breaker_of(new)
         if new.clients != old.clients:
             server.clients = clients
             close_unlisted(server.live_connections(), clients)
@@ -234,16 +229,6 @@ def _peer_address(transport: Any) -> str | None:
         return None
     peer = transport.get_extra_info("peername")
     return str(peer[0]).split("%")[0] if peer else None
-
-
-def _dial_settings(config: ServerConfig) -> DialSettings:
-    dial = config.dial
-    return DialSettings(
-        connect_timeout=dial.connect_timeout,
-        attempts=dial.attempts,
-        backoff_initial=dial.backoff_initial,
-        backoff_max=dial.backoff_max,
-    )
 
 
 def _get(config: object, dotted: str) -> object:

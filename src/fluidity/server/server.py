@@ -38,12 +38,10 @@ from fluidity.observe.expiry import DAY, ExpiryWatch, Sources
 from fluidity.observe.metrics import Metrics, Snapshot
 from fluidity.observe.metricsserver import MetricsServer
 from fluidity.protocol.identity import IdentityAllowList
-from fluidity.protocol.policy import TargetPolicy
-from fluidity.protocol.retry import CircuitBreaker
 from fluidity.protocol.tunnel import Side
 from fluidity.server.connection import ServerConnection, close_revoked
 from fluidity.server.console import ServerConsole
-from fluidity.server.dialer import Dialer, DialSettings
+from fluidity.server.dialer import Dialer, DialSettings, breaker_of, policy_of
 from fluidity.server.httpsproxy import HttpsProxyService
 from fluidity.server.listeners import cannot_listen, open_websocket_listener
 from fluidity.server.policyreload import ConfigFile, PolicyReloader
@@ -74,20 +72,8 @@ class Server:
             on_reloaded=self._tls_reloaded,
         )
         self.clients = IdentityAllowList.from_config(config.clients.allow)
-        policy = TargetPolicy.from_config(
-            config.targets.allow, config.targets.deny, config.targets.ports
-        )
         self.metrics = Metrics("server")
-        dialer = Dialer(
-            policy,
-            DialSettings(
-                connect_timeout=config.dial.connect_timeout,
-                attempts=config.dial.attempts,
-                backoff_initial=config.dial.backoff_initial,
-                backoff_max=config.dial.backoff_max,
-            ),
-            CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.reset_after),
-        )
+        dialer = Dialer(policy_of(config), DialSettings.of(config), breaker_of(config))
         self.streams = StreamService(dialer, self.metrics)
         # The server as an HTTPS proxy for clients with no agent (https_proxy: opt-in).
         self.https_proxy = (
