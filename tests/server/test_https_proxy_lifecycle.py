@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from fluidity.config.server import ClientsConfig
 from fluidity.pki.revocation import revoke
+from fluidity.server.policyreload import ConfigFile
 from fluidity.server.server import Server
 from support.httpsproxy import (
     LOOPBACK,
@@ -88,6 +90,33 @@ async def test_a_reload_that_revokes_a_client_ends_its_live_proxy_connection(
         assert server.tls.poll()
         assert await ended(bob_r)
         assert b"hello" in await exchange(alice_r, alice_w, get(origin, "/b"), b"hello")
+
+
+async def test_a_client_taken_off_clients_allow_loses_its_proxy_connection(
+    ppki: ProxyPKI, origin: RecordingOrigin
+) -> None:
+    """A policy reload reaches the HTTPS proxy as it reaches tunnels: the unlisted client's
+    live connection ends, a new one is refused, the listed client carries on."""
+    listed = proxy_config(ppki, allow=["alice", "bob"])
+    current = {"config": listed}
+    server = Server(listed, ConfigFile(None, lambda: current["config"]))
+    await server.start()
+    connect = connect_request(origin)
+    try:
+        async with (
+            connected(server, client_context(ppki, "alice")) as (alice_r, alice_w),
+            connected(server, client_context(ppki, "bob")) as (bob_r, bob_w),
+        ):
+            assert b" 200 " in await exchange(bob_r, bob_w, connect, b"\r\n\r\n")
+            current["config"] = replace(listed, clients=ClientsConfig(allow=("alice",)))
+            assert server.reload("SIGHUP")
+            assert await ended(bob_r)
+            assert b"hello" in await exchange(alice_r, alice_w, get(origin, "/a"), b"hello")
+        async with connected(server, client_context(ppki, "bob")) as (again_r, again_w):
+            again_w.write(get(origin, "/b"))
+            assert await ended(again_r)
+    finally:
+        await server.shutdown(drain_timeout=1.0)
 
 
 async def test_proxy_connections_count_against_max_tunnels(

@@ -121,6 +121,7 @@ class ProxyClient(ProxyDriver):
         )
         self.service = service
         self.identity = ClientIdentity()
+        self.certified = False  # came with a client certificate (not Basic credentials)
         self.peer_name = "?"
         self._idle_timeout = service.config.limits.stream_idle_timeout
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -130,6 +131,7 @@ class ProxyClient(ProxyDriver):
         peer = _peer(transport)
         cert = transport.get_extra_info("peercert") or {}
         self.identity = ClientIdentity.from_peercert(cert)
+        self.certified = bool(cert)
         if not self._admissible(transport, peer, bool(cert)):
             self._closed = True
             cast(asyncio.Transport, transport).abort()  # uvloop's are not subclasses

@@ -44,8 +44,9 @@ from fluidity.protocol.addresses import parse_ip_literal
 from fluidity.protocol.authority import parse_authority
 from fluidity.protocol.identity import IdentityAllowList
 from fluidity.protocol.policy import TargetPolicy
-from fluidity.server.connection import ServerConnection
+from fluidity.server.connection import Revocable, ServerConnection
 from fluidity.server.dialer import DialSettings, breaker_of, policy_of
+from fluidity.server.httpsproxy import HttpsProxyService
 from fluidity.server.reload import file_signature
 from fluidity.server.streams import StreamService
 
@@ -79,6 +80,7 @@ class ReloadTarget(Protocol):
     config: ServerConfig
     clients: IdentityAllowList
     streams: StreamService
+    https_proxy: HttpsProxyService | None
 
     def live_connections(self) -> Iterable[ServerConnection]: ...
 
@@ -151,7 +153,11 @@ class PolicyReloader:
             dialer.breaker = breaker_of(new)
         if new.clients != old.clients:
             server.clients = clients
-            close_unlisted(server.live_connections(), clients)
+            live: list[Revocable] = [*server.live_connections()]
+            if server.https_proxy is not None:
+                server.https_proxy.clients = clients  # the proxy's next admissions too
+                live += [c for c in server.https_proxy.connections if c.certified]
+            close_unlisted(live, clients)
         if new.targets != old.targets and new.targets.apply_to_open:
             close_refused_streams(server.streams, policy)
 
@@ -186,8 +192,9 @@ def merge(running: ServerConfig, fresh: ServerConfig) -> ServerConfig:
     )
 
 
-def close_unlisted(connections: Iterable[ServerConnection], clients: IdentityAllowList) -> None:
-    """Close each live tunnel whose client ``clients`` no longer admits."""
+def close_unlisted(connections: Iterable[Revocable], clients: IdentityAllowList) -> None:
+    """Close each live tunnel (or HTTPS proxy client with a certificate) whose client
+    ``clients`` no longer admits."""
     for conn in list(connections):
         refusal = clients.refusal(conn.identity)
         if refusal is not None:
