@@ -19,15 +19,16 @@ from typing import Any, Protocol
 
 from fluidity import __version__
 from fluidity.config.server import ServerConfig
-from fluidity.config.values import FileOrPem
-from fluidity.errors import ConfigError
 from fluidity.observe import dashboard
+from fluidity.observe.expiry import ExpiryWatch
 from fluidity.observe.history import INTERVAL
 from fluidity.observe.metrics import Metrics, Snapshot
 from fluidity.protocol.retry import CircuitBreaker
 from fluidity.server.streams import StreamService
 from fluidity.server.tunnels import Tunnels
 from fluidity.transport.connection import TunnelConnection
+
+_CERTIFICATE_NAMES = {"server": "server certificate", "ca": "CA", "crl": "CRL (next update)"}
 
 
 class ConsoleHost(Protocol):
@@ -37,6 +38,7 @@ class ConsoleHost(Protocol):
     metrics: Metrics
     started: float
     streams: StreamService
+    expiry: ExpiryWatch
     address: tuple[str, int] | None
 
     @property
@@ -53,7 +55,6 @@ class ServerConsole:
     def __init__(self, server: ConsoleHost) -> None:
         self.server = server
         self._sampler: asyncio.Task[None] | None = None
-        self._expiry: tuple[bytes, list[dict[str, Any]]] | None = None  # cached per cert
 
     def start(self) -> None:
         self._sampler = asyncio.get_running_loop().create_task(self._sample_forever())
@@ -99,39 +100,18 @@ class ServerConsole:
         }
 
     def _certificates(self) -> list[dict[str, Any]]:
-        """The server's certificate and its CA, with their expiry dates (read once per
-        certificate: a reload that changes the file shows at the next poll)."""
-        tls = self.server.config.tls
-        try:
-            pems = _pem(tls.cert) + b"\0" + _pem(tls.ca)
-        except (OSError, ConfigError) as exc:
-            return [{"name": "certificates", "error": str(exc)}]
-        if self._expiry is None or self._expiry[0] != pems:
-            self._expiry = (pems, _expiry_dates(pems.split(b"\0")))
-        return self._expiry[1]
-
-
-def _pem(source: FileOrPem) -> bytes:
-    return source.pem if source.pem is not None else source.read_bytes()
-
-
-def _expiry_dates(pems: list[bytes]) -> list[dict[str, Any]]:
-    # Imported on the first look at the page: cryptography costs ~15 MB that a server
-    # nobody watches never loads.
-    from cryptography import x509
-
-    found = []
-    for name, pem in zip(("server certificate", "CA"), pems, strict=True):
-        cert = x509.load_pem_x509_certificate(pem)
-        found.append(
+        """The server's certificate, its CA and the CRL with their expiry dates: what the
+        expiry watch read at start, after each TLS reload and every few hours."""
+        now = dt.datetime.now(dt.UTC)
+        return [
             {
-                "name": name,
-                "subject": cert.subject.rfc4514_string(),
-                "not_after": cert.not_valid_after_utc.isoformat(),
-                "days_left": (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).days,
+                "name": _CERTIFICATE_NAMES.get(expiry.kind, expiry.kind),
+                "file": expiry.source,
+                "not_after": expiry.not_after.isoformat(),
+                "days_left": (expiry.not_after - now).days,
             }
-        )
-    return found
+            for expiry in self.server.expiry.expiries
+        ]
 
 
 def _agent(conn: TunnelConnection, now: float) -> dict[str, Any]:
