@@ -4,6 +4,7 @@ CRLs that ``fluidity.pki`` (and ``cryptography``, for dates it will not choose) 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,10 @@ def test_malformed_der_is_refused_with_the_source_named(der: bytes, problem: str
 
 def test_a_time_that_is_not_a_time_is_named(ca_dir: Path) -> None:
     der = bytearray(pem_blocks((ca_dir / "ca.crt").read_bytes(), "CERTIFICATE", "ca")[0])
-    end = der.index(b"Z", der.index(b"Z") + 1)  # the notAfter UTCTime's final Z
+    # The validity's two times, as DER writes them: UTCTime (tag 0x17, 13 bytes) or
+    # GeneralizedTime (0x18, 15 bytes). Not a search for "Z": key and serial bytes may hold one.
+    times = list(re.finditer(rb"(?:\x17\x0d\d{12}|\x18\x0f\d{14})Z", bytes(der)))
+    end = times[1].end() - 1  # notAfter's final Z
     der[end - 2 : end] = b"99"  # 99 seconds
     with pytest.raises(CertificateError, match=r"notAfter '.*99Z' is not a DER time"):
         certificate_not_after(bytes(der), "ca")

@@ -40,6 +40,7 @@ from fluidity.protocol.events import (
     TunnelEvent,
 )
 from fluidity.protocol.tunnel import Side, TunnelProtocol
+from fluidity.transport import readbuffer
 from fluidity.transport.liveness import Keepalive
 from fluidity.transport.sockopts import set_tcp_keepalive
 from fluidity.transport.streams import StreamHandler, StreamTable, TunnelStream
@@ -52,11 +53,6 @@ log = logging.getLogger(__name__)
 CLOSE_GRACE = 1.0
 
 StreamRequestCallback = Callable[["TunnelConnection", int, str], None]
-
-
-# Decrypted bytes land here (see ``get_buffer``); uvloop's TLS layer reads at most
-# 256 KiB at a time.
-READ_BUFFER = 256 * 1024
 
 
 class TunnelConnection(asyncio.BufferedProtocol):
@@ -106,7 +102,7 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self.goaway_received = False
         self.goaway: ConnectionTerminated | None = None  # the peer's GOAWAY, if it sent one
         self.ready: asyncio.Future[None] = self._loop.create_future()
-        self._read_view = memoryview(bytearray(READ_BUFFER))
+        self._read_view: memoryview | None = None  # lent from readbuffer during a read
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -119,11 +115,16 @@ class TunnelConnection(asyncio.BufferedProtocol):
         self._streams.idle.start()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._read_view
+        self._read_view = view = readbuffer.lend()
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        # h2 copies what it is given, so the buffer is free again on return.
-        self.data_received(self._read_view[:nbytes])
+        view, self._read_view = self._read_view, None
+        assert view is not None, "buffer_updated without get_buffer"
+        try:
+            self.data_received(view[:nbytes])  # h2 copies what it is given
+        finally:
+            readbuffer.give_back(view)
 
     def data_received(self, data: bytes | memoryview) -> None:
         self._keepalive.heard()

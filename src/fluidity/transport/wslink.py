@@ -45,14 +45,13 @@ from fluidity.protocol.wschannel import (
     PongReceived,
     WebSocketChannel,
 )
+from fluidity.transport import readbuffer
 from fluidity.transport.innertransport import InnerTransport, deliver
 from fluidity.transport.memtls import MemoryTLS
 
 log = logging.getLogger(__name__)
 
 TRANSPORT_NAME = "websocket"
-# The outer transport reads into a buffer of this size (see WebSocketLink).
-READ_BUFFER = 256 * 1024
 
 
 class WebSocketLink(asyncio.BufferedProtocol):
@@ -96,7 +95,7 @@ class WebSocketLink(asyncio.BufferedProtocol):
         self._lost = False
         self.request_headers: tuple[tuple[str, str], ...] = ()
         self.pongs_received = 0
-        self._read_view = memoryview(bytearray(READ_BUFFER))
+        self._read_view: memoryview | None = None  # lent from readbuffer during a read
         self.opened: asyncio.Future[asyncio.BaseProtocol] = self._loop.create_future()
         self.opened.add_done_callback(_retrieve)
 
@@ -114,10 +113,15 @@ class WebSocketLink(asyncio.BufferedProtocol):
         self._flush()  # the agent's upgrade request
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._read_view
+        self._read_view = view = readbuffer.lend()
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._read_view[:nbytes]))
+        view, self._read_view = self._read_view, None
+        assert view is not None, "buffer_updated without get_buffer"
+        data = bytes(view[:nbytes])
+        readbuffer.give_back(view)  # free before the bytes are handed on
+        self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the outer connection (``buffer_updated`` passes them on)."""
