@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,15 +218,6 @@ async def test_a_config_that_does_not_validate_keeps_the_old_one_and_names_the_k
     assert errors[0].startswith("config reload (SIGHUP) failed, still using the previous config")
 
 
-def wait_for_line(process: Process, text: str, timeout: float = WAIT) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if text in process.log():
-            return
-        time.sleep(0.02)  # polling a log file written by another process
-    raise AssertionError(f"{text!r} never appeared in the log:\n{process.log()}")
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reloads_the_running_agent_without_a_reconnect(
     pki: QuickstartPKI, tmp_path: Path, processes: list[Process]
@@ -239,12 +229,12 @@ def test_sighup_reloads_the_running_agent_without_a_reconnect(
     config = agent_yaml(pki, server.port)
     agent = start_process("agent", config, tmp_path / "agent")
     processes.append(agent)
-    wait_for_line(agent, "tunnel up")
+    agent.wait_for_line("tunnel up")
     (tmp_path / "agent" / "agent.yaml").write_text(
         yaml.safe_dump({**config, "direct": ["intranet.example"]})
     )
     os.kill(agent.popen.pid, signal.SIGHUP)
-    wait_for_line(agent, "config reloaded (SIGHUP): changed direct")
+    agent.wait_for_line("config reloaded (SIGHUP): changed direct")
     pac = httpx.get(f"http://{LOOPBACK}:{agent.port}/proxy.pac", timeout=WAIT, trust_env=False)
     assert "intranet.example" in pac.text
     assert agent.popen.poll() is None

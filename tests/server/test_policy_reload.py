@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -329,15 +328,6 @@ async def test_the_watcher_reloads_a_changed_config_file(
     assert "config reloaded (file changed): changed limits.max_tunnels" in messages(caplog)
 
 
-def wait_for_line(process: Process, text: str, timeout: float = WAIT) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if text in process.log():
-            return
-        time.sleep(0.02)  # polling a log file written by another process
-    raise AssertionError(f"{text!r} never appeared in the log:\n{process.log()}")
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reloads_the_policy_of_the_running_programs(
     spki: SecurityPKI, tmp_path: Path, processes: list[Process]
@@ -363,7 +353,7 @@ def test_sighup_reloads_the_policy_of_the_running_programs(
                     yaml.safe_dump({**base, "targets": targets})
                 )
                 os.kill(server.popen.pid, signal.SIGHUP)
-                await asyncio.to_thread(wait_for_line, server, "config reloaded (SIGHUP)")
+                await asyncio.to_thread(server.wait_for_line, "config reloaded (SIGHUP)")
                 assert await stream.echoes(b"open streams carry on")
                 refused, none = await connect(agent.port, a)
                 allowed, other = await connect(agent.port, b)

@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import ssl
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -328,15 +327,6 @@ async def test_a_reload_reaches_the_websocket_transport_and_ends_a_revoked_tunne
 # -- SIGHUP, in the real program under uvloop ------------------------------------------------
 
 
-def wait_for_line(process: Process, text: str, timeout: float = WAIT) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if text in process.log():
-            return
-        time.sleep(0.02)  # polling a log file written by another process
-    raise AssertionError(f"{text!r} never appeared in the log:\n{process.log()}")
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reloads_the_certificate_in_the_running_program(
     spki: SecurityPKI, tmp_path: Path, processes: list[Process]
@@ -348,7 +338,7 @@ def test_sighup_reloads_the_certificate_in_the_running_program(
     before = asyncio.run(probe(server.port, alice(spki)))
     new_serial = rotate_server_certificate(spki)
     os.kill(server.popen.pid, signal.SIGHUP)
-    wait_for_line(server, "TLS material reloaded (SIGHUP)")
+    server.wait_for_line("TLS material reloaded (SIGHUP)")
     after = asyncio.run(probe(server.port, alice(spki)))
     assert before.accepted and after.accepted
     assert before.server_serial != new_serial == after.server_serial

@@ -112,6 +112,15 @@ class Process:
     port: int
     log_path: Path
 
+    def wait_for_line(self, text: str, timeout: float = 10.0) -> None:
+        """Block until ``text`` shows in the log (polling a file another process writes)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if text in self.log():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} never appeared in the log:\n{self.log()}")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
