@@ -11,6 +11,9 @@ from fluidity.pki.certs import QuickstartPKI, ensure_quickstart_pki
 from support.harness import Process, Tunnel, start_tunnel
 from support.origins import RecordingOrigin
 
+# The ``run`` fixture: a test's coroutine on asyncio's loop and on uvloop.
+pytest_plugins = ("support.loops",)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

@@ -24,24 +24,6 @@ BURST = 200
 TURNS = 20  # loop turns allowed to accept the whole burst (one per turn would take BURST)
 
 
-def loop_factories() -> list[Any]:
-    factories: list[Any] = [pytest.param(None, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        return factories
-    return [*factories, pytest.param(uvloop.new_event_loop, id="uvloop")]
-
-
-@pytest.fixture(params=loop_factories())
-def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, None]], None]:
-    def runner(coro: Coroutine[Any, Any, None]) -> None:
-        with asyncio.Runner(loop_factory=request.param) as r:
-            r.run(asyncio.wait_for(coro, WAIT))
-
-    return runner
-
-
 class Counted(asyncio.Protocol):
     made: list[Counted] = []
 

@@ -11,7 +11,7 @@ import asyncio
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -24,26 +24,6 @@ from fluidity.errors import PathError, UpstreamProxyError
 
 WAIT = 10.0  # seconds: the bound on every network wait in this file
 HOST = "127.0.0.1"
-
-
-def loop_factories() -> list[Any]:
-    factories: list[Any] = [pytest.param(None, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        return factories
-    return [*factories, pytest.param(uvloop.new_event_loop, id="uvloop")]
-
-
-@pytest.fixture(params=loop_factories())
-def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, None]], None]:
-    """Run a test coroutine on the loop of this parameter, bounded by WAIT."""
-
-    def runner(coro: Coroutine[Any, Any, None]) -> None:
-        with asyncio.Runner(loop_factory=request.param) as r:
-            r.run(asyncio.wait_for(coro, WAIT))
-
-    return runner
 
 
 class Recorder(asyncio.Protocol):
