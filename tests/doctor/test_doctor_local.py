@@ -20,14 +20,9 @@ from fluidity.doctor.report import Finding, Level, exit_code, render_json
 from fluidity.doctor.run import DoctorOptions, run
 from support.doctorfix import by_check, diagnose, levels, shown, write_yaml
 from support.harness import agent_yaml, server_yaml
-from support.secpki import SecurityPKI, issue_client_with_validity, make_security_pki
+from support.secpki import SecurityPKI, issue_client_with_validity
 
 NOW = dt.datetime.now(dt.UTC)
-
-
-@pytest.fixture(scope="module")
-def spki(tmp_path_factory: pytest.TempPathFactory) -> SecurityPKI:
-    return make_security_pki(tmp_path_factory.mktemp("doctor-pki"))
 
 
 def agent_config_file(tmp_path: Path, spki: SecurityPKI, client: str, **extra: object) -> Path:

@@ -6,36 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from fluidity.doctor.handshake import SKEW_PROBLEM, _date_header, judge_skew
 from fluidity.doctor.report import Level
 from fluidity.pki import certs
-from fluidity.server.server import Server
 from support.doctorfix import by_check, diagnose, levels, problems, shown, write_yaml
-from support.harness import agent_yaml, make_server_config
+from support.harness import agent_yaml
 from support.origins import RecordingOrigin
-from support.secpki import SecurityPKI, make_security_pki
-
-
-@pytest.fixture(scope="module")
-def spki(tmp_path_factory: pytest.TempPathFactory) -> SecurityPKI:
-    return make_security_pki(tmp_path_factory.mktemp("doctor-net-pki"))
-
-
-@pytest.fixture
-async def server(spki: SecurityPKI) -> AsyncIterator[int]:
-    """A running server of the CA; its port."""
-    running = Server(make_server_config(spki.quickstart()))
-    await running.start()
-    assert running.address is not None
-    try:
-        yield running.address[1]
-    finally:
-        await running.shutdown(drain_timeout=1.0)
+from support.secpki import SecurityPKI
 
 
 def agent_file(

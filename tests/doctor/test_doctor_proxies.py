@@ -5,37 +5,20 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fluidity.doctor.report import Level
-from fluidity.server.server import Server
 from support.doctorfix import by_check, diagnose, levels, problems, shown, write_yaml
-from support.harness import agent_yaml, make_server_config
+from support.harness import agent_yaml
 from support.mitmfix import VENV, Mitmdump
 from support.origins import RecordingOrigin
-from support.secpki import SecurityPKI, make_security_pki
+from support.secpki import SecurityPKI
 from support.squidfix import Squid, requires_squid, run_squid
 
 PASSWORD = "doctor-s3cret"
-
-
-@pytest.fixture(scope="module")
-def spki(tmp_path_factory: pytest.TempPathFactory) -> SecurityPKI:
-    return make_security_pki(tmp_path_factory.mktemp("doctor-proxy-pki"))
-
-
-@pytest.fixture
-async def server(spki: SecurityPKI) -> AsyncIterator[int]:
-    running = Server(make_server_config(spki.quickstart()))
-    await running.start()
-    assert running.address is not None
-    try:
-        yield running.address[1]
-    finally:
-        await running.shutdown(drain_timeout=1.0)
 
 
 @pytest.fixture(scope="module")
